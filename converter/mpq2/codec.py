@@ -1,0 +1,242 @@
+"""Numpy mirror of ggml_ext/src/ggml-mpq2.c: quantize, dequantize, pack.
+
+Every float expression follows the C code operation by operation in float32 (sums run
+sequentially over the 16 weights of a word, rounding is rint = ties to even, NaN-ignoring
+fmin/fmax as C's fminf/fmaxf), so the bytes equal the C reference's; tests hold them equal.
+Work is vectorised over all words of a chunk of rows; the only Python loops run over the 16
+weights of a word, the fit steps and the 8 scale codes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .format import (BLOCK_BYTES, DEFAULT_SALIENT_FRACTION, GRID2, GRID_STEP, GROUP, MAX_MULT,
+                     QK, QTYPE, SCALE_MULT, WORDS, scale_shift)
+
+F = np.float32
+N_FIT_STEPS = 16
+FP16_MAX = F(65504.0)
+ROWS_PER_CHUNK = 64
+
+
+def _code2(x: np.ndarray, s: np.ndarray) -> np.ndarray:
+    t = (x / s + F(3.0)) / F(2.0)
+    return np.rint(np.fmin(np.fmax(t, F(0.0)), F(3.0))).astype(np.int32)
+
+
+def _code8(mean: np.ndarray, unit: np.ndarray) -> np.ndarray:
+    return np.rint(np.fmin(np.fmax(mean / unit, F(-127.0)), F(127.0))).astype(np.int32)
+
+
+def _means4(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x, w: (..., 16) -> (..., 4) weighted means of each run of 4, as mpq2_means4."""
+    xs = x.reshape(*x.shape[:-1], 4, 4)
+    ws = np.broadcast_to(w, x.shape).reshape(xs.shape)
+    sw = np.zeros(xs.shape[:-1], F)
+    swx = np.zeros(xs.shape[:-1], F)
+    for t in range(4):
+        sw = sw + ws[..., t]
+        swx = swx + ws[..., t] * xs[..., t]
+    plain = (((xs[..., 0] + xs[..., 1]) + xs[..., 2]) + xs[..., 3]) * F(0.25)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(sw > F(0.0), swx / sw, plain).astype(F)
+
+
+def _wsum(terms) -> np.ndarray:
+    """Sequential float32 sum of an iterable of arrays (C's `acc += term` loop from 0)."""
+    acc = None
+    for term in terms:
+        acc = (F(0.0) + term) if acc is None else acc + term
+    return acc
+
+
+def _fit2(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best unscaled 2-bit fit per word, as mpq2_fit2: (unit, error)."""
+    amax = np.fmax.reduce(np.abs(x), axis=-1, initial=F(0.0)).astype(F)
+    best_s = (amax / F(3.0)).astype(F)
+    best_err = np.full(amax.shape, np.inf, F)
+    live = amax > F(0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for t in range(N_FIT_STEPS):
+            s = amax * (F(0.16) + F(0.012) * F(t))
+            l = (2 * _code2(x, s[..., None]) - 3).astype(F)
+            sxl = _wsum(w[..., i] * x[..., i] * l[..., i] for i in range(GROUP))
+            sll = _wsum(w[..., i] * l[..., i] * l[..., i] for i in range(GROUP))
+            ok = live & (sll > F(0.0)) & (sxl > F(0.0))
+            s2 = sxl / sll
+            l2 = (2 * _code2(x, s2[..., None]) - 3).astype(F)
+            diff = x - s2[..., None] * l2
+            err = _wsum(w[..., i] * diff[..., i] * diff[..., i] for i in range(GROUP))
+            better = ok & (err < best_err)
+            best_err = np.where(better, err, best_err)
+            best_s = np.where(better, s2, best_s)
+    none = best_err == np.inf
+    plain_err = _wsum(w[..., i] * x[..., i] * x[..., i] for i in range(GROUP))
+    best_err = np.where(none, plain_err, best_err)
+    return (best_s / F(GRID_STEP)).astype(F), best_err.astype(F)
+
+
+def _fit8(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unscaled int8-means fit per word, as mpq2_fit8: (unit, error)."""
+    mean = _means4(x, w)
+    diff = x - np.repeat(mean, 4, axis=-1)
+    err = _wsum(w[..., i] * diff[..., i] * diff[..., i] for i in range(GROUP))
+    amax = np.fmax.reduce(np.abs(mean), axis=-1, initial=F(0.0)).astype(F)
+    return (amax / F(127.0)).astype(F), err
+
+
+def _encode_words(x, w, salient, dd, j):
+    """Codes and weighted error of each word at block scale dd and scale codes j, as
+    mpq2_encode_word. dd, j, salient: (rows, words)."""
+    m = SCALE_MULT[j]
+    c8 = _code8(_means4(x, w), (dd * m.astype(F))[..., None])
+    c2 = _code2(x, (dd * (m * GRID_STEP).astype(F))[..., None])
+    v8 = np.repeat(m[..., None] * c8, 4, axis=-1)
+    v2 = m[..., None] * GRID2[c2]
+    diff = x - dd[..., None] * np.where(salient[..., None], v8, v2).astype(F)
+    err = _wsum(w[..., i] * diff[..., i] * diff[..., i] for i in range(GROUP))
+    return c8, c2, err
+
+
+def _pack_words(c8: np.ndarray, c2: np.ndarray, salient: np.ndarray) -> np.ndarray:
+    shifts8 = np.arange(4, dtype=np.uint32) * 8
+    q8 = np.bitwise_or.reduce((c8.astype(np.int8).view(np.uint8).astype(np.uint32)) << shifts8, axis=-1)
+    i = np.arange(GROUP)
+    shifts2 = (8 * (i & 3) + 2 * (i >> 2)).astype(np.uint32)
+    q2 = np.bitwise_or.reduce(c2.astype(np.uint32) << shifts2, axis=-1)
+    return np.where(salient, q8, q2).astype(np.uint32)
+
+
+def salience(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Sum over each word of (w_i x_i)^2; NaN ranks last. x: (rows, words, 16)."""
+    s = _wsum((w[..., i] * x[..., i]) * (w[..., i] * x[..., i]) for i in range(GROUP))
+    return np.where(np.isnan(s), F(-np.inf), s).astype(F)
+
+
+def select_candidates(sal: np.ndarray, fraction: float) -> np.ndarray:
+    """Top `fraction` of the words of each row by salience (ties: lower index first)."""
+    rows, nw = sal.shape
+    f = np.fmin(np.fmax(F(fraction), F(0.0)), F(1.0))
+    n_sal = int(f * F(nw) + F(0.5))
+    idx = np.broadcast_to(np.arange(nw), sal.shape)
+    order = np.lexsort((idx, -sal), axis=-1)
+    cand = np.zeros(sal.shape, bool)
+    np.put_along_axis(cand, order[:, :n_sal], True, axis=-1)
+    return cand
+
+
+def encode_blocks(x: np.ndarray, w: np.ndarray, salient: np.ndarray, unit: np.ndarray) -> np.ndarray:
+    """Packs words with a given bitmap and per-word target units, as mpq2_quantize_block.
+
+    x: (rows, words, 16) float32, w broadcastable to x, salient/unit: (rows, words).
+    Returns uint8 (rows, blocks * 20).
+    """
+    rows, nw = salient.shape
+    nb = nw // WORDS
+    w = np.broadcast_to(w, x.shape)
+    umax = np.fmax.reduce(unit.reshape(rows, nb, WORDS), axis=-1, initial=F(0.0)).astype(F)
+    d16 = np.fmin(umax / F(MAX_MULT), FP16_MAX).astype(np.float16)
+    dd = np.repeat(d16.astype(F), WORDS, axis=-1)              # (rows, words)
+    best_err = np.full(salient.shape, np.inf, F)
+    best_j = np.zeros(salient.shape, np.int32)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for j in range(len(SCALE_MULT)):
+            _, _, err = _encode_words(x, w, salient, dd, np.full(salient.shape, j))
+            better = err < best_err
+            best_err = np.where(better, err, best_err)
+            best_j = np.where(better, j, best_j)
+        c8, c2, _ = _encode_words(x, w, salient, dd, best_j)
+    live = dd > F(0.0)
+    words = np.where(live, _pack_words(c8, c2, salient), np.uint32(0)).astype(np.uint32)
+    best_j = np.where(live, best_j, 0)
+    wpos = np.arange(WORDS, dtype=np.uint32)
+    shifts = np.array([scale_shift(k) for k in range(WORDS)], np.uint32)
+    meta = ((salient.reshape(rows, nb, WORDS).astype(np.uint32) << wpos)
+            | (best_j.reshape(rows, nb, WORDS).astype(np.uint32) << shifts))
+    meta = np.bitwise_or.reduce(meta, axis=-1)
+    out = np.empty((rows, nb, BLOCK_BYTES), np.uint8)
+    out[..., 0:2] = d16.view(np.uint8).reshape(rows, nb, 2)
+    out[..., 2:4] = meta.astype(np.uint16)[..., None].view(np.uint8).reshape(rows, nb, 2)
+    out[..., 4:] = words.reshape(rows, nb, WORDS).astype("<u4").view(np.uint8).reshape(rows, nb, 4 * WORDS)
+    return out.reshape(rows, nb * BLOCK_BYTES)
+
+
+def quantize(x: np.ndarray, imatrix: np.ndarray | None = None,
+             salient_fraction: float = DEFAULT_SALIENT_FRACTION) -> np.ndarray:
+    """Bit-exact mirror of quantize_mpq2_ex: rows of x (..., n) -> uint8 (..., n/64*20)."""
+    x = np.ascontiguousarray(x, dtype=F)
+    n = x.shape[-1]
+    if n % QK:
+        raise ValueError(f"MPQ2 needs rows that are a multiple of {QK} weights, got {n}")
+    rows = x.reshape(-1, n)
+    w = np.ones(n, F) if imatrix is None else np.asarray(imatrix, F).reshape(n)
+    w = w.reshape(n // GROUP, GROUP)
+    out = np.empty((rows.shape[0], n // QK * BLOCK_BYTES), np.uint8)
+    for r0 in range(0, rows.shape[0], ROWS_PER_CHUNK):
+        xc = rows[r0:r0 + ROWS_PER_CHUNK].reshape(-1, n // GROUP, GROUP)
+        wc = np.broadcast_to(w, xc.shape)
+        with np.errstate(over="ignore", invalid="ignore"):
+            cand = select_candidates(salience(xc, wc), salient_fraction)
+            u2, err2 = _fit2(xc, wc)
+            u8, err8 = _fit8(xc, wc)
+        salient = cand & (err8 < err2)
+        unit = np.where(salient, u8, u2).astype(F)
+        out[r0:r0 + ROWS_PER_CHUNK] = encode_blocks(xc, wc, salient, unit)
+    return out.reshape(*x.shape[:-1], -1)
+
+
+def dequantize(data: np.ndarray) -> np.ndarray:
+    """MPQ2 bytes (..., k*20) -> float32 (..., k*64), as dequantize_row_mpq2."""
+    data = np.ascontiguousarray(data).view(np.uint8)
+    lead = data.shape[:-1]
+    blocks = data.reshape(-1, BLOCK_BYTES)
+    dd = blocks[:, 0:2].copy().view(np.float16).astype(F)            # (nb, 1)
+    meta = blocks[:, 2:4].copy().view("<u2").astype(np.int32)         # (nb, 1)
+    words = blocks[:, 4:].copy().view("<u4").astype(np.uint32)        # (nb, 4)
+    wpos = np.arange(WORDS)
+    salient = ((meta >> wpos) & 1).astype(bool)                        # (nb, 4)
+    mult = SCALE_MULT[(meta >> np.array([scale_shift(k) for k in wpos])) & 7]
+    i = np.arange(GROUP)
+    c2 = (words[..., None] >> (8 * (i & 3) + 2 * (i >> 2)).astype(np.uint32)) & np.uint32(3)
+    v2 = GRID2[c2.astype(np.intp)]
+    c8 = ((words[..., None] >> (8 * (i >> 2)).astype(np.uint32)) & np.uint32(0xFF)).astype(np.uint8).view(np.int8)
+    v = np.where(salient[..., None], c8.astype(np.int32), v2) * mult[..., None]
+    y = dd[:, :, None] * v.astype(F)
+    return y.reshape(*lead, -1).astype(F)
+
+
+def split_fields(data: np.ndarray) -> dict[str, np.ndarray]:
+    """The fields of MPQ2 blocks (..., k*20): d (float16), bitmap (bool per word), scale codes."""
+    blocks = np.ascontiguousarray(data).view(np.uint8).reshape(-1, BLOCK_BYTES)
+    meta = blocks[:, 2:4].copy().view("<u2").astype(np.int32)[:, 0]
+    wpos = np.arange(WORDS)
+    return {
+        "d": blocks[:, 0:2].copy().view(np.float16)[:, 0],
+        "bitmap": ((meta[:, None] >> wpos) & 1).astype(bool),
+        "scale_code": (meta[:, None] >> np.array([scale_shift(k) for k in wpos])) & 7,
+        "words": blocks[:, 4:].copy().view("<u4"),
+    }
+
+
+def _register_with_gguf() -> None:
+    """Registers MPQ2 with gguf.quants so gguf.quants.quantize/dequantize handle it."""
+    from gguf import quants as gq   # may still be initialising when it imports us
+    if QTYPE in gq._type_traits:
+        return
+    base = gq.__dict__["__Quant"]
+
+    class MPQ2(base, qtype=QTYPE):
+        @classmethod
+        def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+            return quantize(blocks)
+
+        @classmethod
+        def quantize_rows(cls, rows: np.ndarray) -> np.ndarray:
+            return quantize(rows)
+
+        @classmethod
+        def dequantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+            return dequantize(blocks)
+
+
+_register_with_gguf()

@@ -1,0 +1,68 @@
+// MPQ2: memory-aligned mixed-precision 2-bit weights (see docs/FORMAT.md).
+//
+// Every 16 consecutive weights of a row are one 4-byte-aligned 32-bit word that holds
+// either 16 x 2-bit codes or 4 x int8 means of 4 consecutive weights; one bitmap bit per
+// word says which. A block is 64 weights = 4 words plus one 32-bit header, 20 bytes.
+#pragma once
+
+#include "ggml.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// The type id sits far from upstream's sequence (43, 44, ... in this pin) so that
+// files stay valid when upstream adds types; see docs/FORMAT.md "Type id".
+#define GGML_MPQ2_TYPE_ID    96
+#define QK_MPQ2              64   // weights per block: divides every real row width seen (576, 896, ...)
+#define MPQ2_GROUP           16   // weights per 32-bit word
+#define MPQ2_WORDS           (QK_MPQ2 / MPQ2_GROUP)
+#define MPQ2_GRID_STEP       8    // 2-bit code c decodes to (2c - 3) * MPQ2_GRID_STEP
+#define MPQ2_DEFAULT_SALIENT_FRACTION 0.125f
+
+// Header bits: 0..3 bitmap (bit w set: word w holds int8 means), 4+3w..6+3w scale code of word w.
+#define MPQ2_SCALE_SHIFT(w)  (4 + 3*(w))
+
+typedef struct {
+    uint16_t d;                 // fp16 block scale
+    uint16_t meta;              // bitmap and per-word scale codes
+    uint32_t qs[MPQ2_WORDS];    // one aligned word per 16 weights, little endian
+} block_mpq2;
+
+#ifdef __cplusplus
+static_assert(sizeof(block_mpq2) == 2*sizeof(uint16_t) + MPQ2_WORDS*sizeof(uint32_t), "wrong mpq2 block size/padding");
+#else
+_Static_assert(sizeof(block_mpq2) == 2*sizeof(uint16_t) + MPQ2_WORDS*sizeof(uint32_t), "wrong mpq2 block size/padding");
+#endif
+
+// Word scale multipliers (about 2^(1/3) apart) and the 2-bit grid, in int8 units of d.
+extern const int8_t mpq2_scale_mult[8];
+extern const int8_t mpq2_grid2[4];
+
+// Reference code (ggml-base).
+GGML_API void   quantize_row_mpq2_ref(const float * GGML_RESTRICT x, block_mpq2 * GGML_RESTRICT y, int64_t k);
+GGML_API void   dequantize_row_mpq2(const block_mpq2 * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
+GGML_API size_t quantize_mpq2(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst,
+                              int64_t nrows, int64_t n_per_row, const float * imatrix);
+// The same with an explicit salient fraction (0..1) of the words of each row.
+GGML_API size_t quantize_mpq2_ex(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst,
+                                 int64_t nrows, int64_t n_per_row, const float * imatrix,
+                                 float salient_fraction);
+// Returns false (and prints the first bad block) for NaN/Inf/negative scales or an int8
+// code of -128 in a salient word, which the encoder never writes.
+GGML_API bool   mpq2_validate_row_data(const void * data, size_t nbytes);
+
+// CPU backend (ggml-cpu).
+void quantize_row_mpq2(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);
+void ggml_vec_dot_mpq2_q8_0(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
+                            const void * GGML_RESTRICT vy, size_t by, int nrc);
+void ggml_vec_dot_mpq2_q8_0_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
+                                    const void * GGML_RESTRICT vy, size_t by, int nrc);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,299 @@
+// MPQ2 reference code: quantize, dequantize, validate (compiled into ggml-base).
+//
+// converter/mpq2/codec.py mirrors this file operation by operation, so both produce the same
+// bytes: keep every float expression in float (no double), sums sequential, and no FMA
+// contraction (pragma below). Rounding is nearbyintf (ties to even), as numpy's rint.
+#pragma GCC optimize("fp-contract=off")
+
+#include "ggml-mpq2.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const int8_t mpq2_scale_mult[8] = { 8, 10, 13, 16, 20, 25, 32, 40 };
+const int8_t mpq2_grid2[4]      = { -3*MPQ2_GRID_STEP, -MPQ2_GRID_STEP, MPQ2_GRID_STEP, 3*MPQ2_GRID_STEP };
+
+#define MPQ2_MAX_MULT    40
+#define MPQ2_FP16_MAX    65504.0f
+#define MPQ2_N_FIT_STEPS 16
+
+// 2-bit code of x for the grid (2c - 3) * s: nearest level, NaN-safe (fmaxf drops NaN).
+static inline int mpq2_code2(float x, float s) {
+    const float t = (x / s + 3.0f) / 2.0f;
+    return (int) nearbyintf(fminf(fmaxf(t, 0.0f), 3.0f));
+}
+
+static inline int mpq2_code8(float mean, float unit) {
+    return (int) nearbyintf(fminf(fmaxf(mean / unit, -127.0f), 127.0f));
+}
+
+// Mean of each run of 4, weighted by w (plain mean when the run's weights are all zero).
+static void mpq2_means4(const float * x, const float * w, float * mean) {
+    for (int k = 0; k < 4; ++k) {
+        const float * xk = x + 4*k;
+        const float * wk = w + 4*k;
+        float sw = 0.0f, swx = 0.0f;
+        for (int t = 0; t < 4; ++t) {
+            sw  += wk[t];
+            swx += wk[t]*xk[t];
+        }
+        mean[k] = sw > 0.0f ? swx / sw : (xk[0] + xk[1] + xk[2] + xk[3]) * 0.25f;
+    }
+}
+
+// Best unscaled 2-bit fit of a word: returns the unit u (grid level 1 = 8u) and its error.
+static float mpq2_fit2(const float * x, const float * w, float * err_out) {
+    float amax = 0.0f;
+    for (int i = 0; i < MPQ2_GROUP; ++i) {
+        amax = fmaxf(amax, fabsf(x[i]));
+    }
+    float best_s = amax / 3.0f;
+    float best_err = INFINITY;
+    for (int t = 0; t < MPQ2_N_FIT_STEPS && amax > 0.0f; ++t) {
+        const float s = amax * (0.16f + 0.012f * (float) t);
+        float sxl = 0.0f, sll = 0.0f;
+        for (int i = 0; i < MPQ2_GROUP; ++i) {
+            const float l = (float) (2*mpq2_code2(x[i], s) - 3);
+            sxl += w[i]*x[i]*l;
+            sll += w[i]*l*l;
+        }
+        if (!(sll > 0.0f) || !(sxl > 0.0f)) {
+            continue;
+        }
+        const float s2 = sxl / sll;
+        float err = 0.0f;
+        for (int i = 0; i < MPQ2_GROUP; ++i) {
+            const float diff = x[i] - s2 * (float) (2*mpq2_code2(x[i], s2) - 3);
+            err += w[i]*diff*diff;
+        }
+        if (err < best_err) {
+            best_err = err;
+            best_s = s2;
+        }
+    }
+    if (best_err == INFINITY) {
+        best_err = 0.0f;
+        for (int i = 0; i < MPQ2_GROUP; ++i) {
+            best_err += w[i]*x[i]*x[i];
+        }
+    }
+    *err_out = best_err;
+    return best_s / (float) MPQ2_GRID_STEP;
+}
+
+// Unscaled fit of a word as 4 means: returns the unit (max |mean| = 127 units) and its error.
+static float mpq2_fit8(const float * x, const float * w, float * err_out) {
+    float mean[4];
+    mpq2_means4(x, w, mean);
+    float amax = 0.0f, err = 0.0f;
+    for (int i = 0; i < MPQ2_GROUP; ++i) {
+        const float diff = x[i] - mean[i/4];
+        err += w[i]*diff*diff;
+    }
+    for (int k = 0; k < 4; ++k) {
+        amax = fmaxf(amax, fabsf(mean[k]));
+    }
+    *err_out = err;
+    return amax / 127.0f;
+}
+
+// Encodes one word at the block scale dd with scale code j; returns the weighted error.
+static float mpq2_encode_word(const float * x, const float * w, bool salient, float dd, int j, uint32_t * word) {
+    const int m = mpq2_scale_mult[j];
+    float err = 0.0f;
+    uint32_t q = 0;
+    if (salient) {
+        float mean[4];
+        mpq2_means4(x, w, mean);
+        const float unit = dd * (float) m;
+        int8_t c[4];
+        for (int k = 0; k < 4; ++k) {
+            c[k] = (int8_t) mpq2_code8(mean[k], unit);
+            q |= (uint32_t) (uint8_t) c[k] << (8*k);
+        }
+        for (int i = 0; i < MPQ2_GROUP; ++i) {
+            const float diff = x[i] - dd * (float) (m * c[i/4]);
+            err += w[i]*diff*diff;
+        }
+    } else {
+        const float s = dd * (float) (m * MPQ2_GRID_STEP);
+        for (int i = 0; i < MPQ2_GROUP; ++i) {
+            const int c = mpq2_code2(x[i], s);
+            q |= (uint32_t) c << (8*(i & 3) + 2*(i >> 2));
+            const float diff = x[i] - dd * (float) (m * mpq2_grid2[c]);
+            err += w[i]*diff*diff;
+        }
+    }
+    *word = q;
+    return err;
+}
+
+static void mpq2_quantize_block(const float * x, const float * w, const bool * salient, const float * unit, block_mpq2 * y) {
+    float umax = 0.0f;
+    for (int k = 0; k < MPQ2_WORDS; ++k) {
+        umax = fmaxf(umax, unit[k]);
+    }
+    const ggml_fp16_t d = ggml_fp32_to_fp16(fminf(umax / (float) MPQ2_MAX_MULT, MPQ2_FP16_MAX));
+    const float dd = ggml_fp16_to_fp32(d);
+    uint16_t meta = 0;
+    for (int k = 0; k < MPQ2_WORDS; ++k) {
+        meta |= (uint16_t) ((salient[k] ? 1u : 0u) << k);
+    }
+    y->d = d;
+    if (!(dd > 0.0f)) {
+        y->meta = meta;
+        memset(y->qs, 0, sizeof(y->qs));
+        return;
+    }
+    for (int k = 0; k < MPQ2_WORDS; ++k) {
+        const float * xk = x + k*MPQ2_GROUP;
+        const float * wk = w + k*MPQ2_GROUP;
+        float best_err = INFINITY;
+        int best_j = 0;
+        for (int j = 0; j < 8; ++j) {
+            uint32_t q;
+            const float err = mpq2_encode_word(xk, wk, salient[k], dd, j, &q);
+            if (err < best_err) {
+                best_err = err;
+                best_j = j;
+            }
+        }
+        mpq2_encode_word(xk, wk, salient[k], dd, best_j, &y->qs[k]);
+        meta |= (uint16_t) (best_j << MPQ2_SCALE_SHIFT(k));
+    }
+    y->meta = meta;
+}
+
+// Salient candidates are ranked by (salience desc, index asc): a total order that numpy's
+// lexsort mirrors. The key travels with the index so the sort is thread-safe.
+typedef struct { float sal; int64_t idx; } mpq2_rank;
+
+static int mpq2_cmp_rank(const void * a, const void * b) {
+    const mpq2_rank * ra = (const mpq2_rank *) a, * rb = (const mpq2_rank *) b;
+    if (ra->sal != rb->sal) {
+        return ra->sal > rb->sal ? -1 : 1;
+    }
+    return ra->idx < rb->idx ? -1 : (ra->idx > rb->idx);
+}
+
+// One row: the top salient_fraction of words by sum (w_i x_i)^2 are candidates for int8
+// means; a candidate keeps them only where that lowers its weighted error.
+static void mpq2_quantize_row(const float * x, block_mpq2 * y, int64_t n, const float * imatrix, float salient_fraction) {
+    const int64_t nw = n / MPQ2_GROUP;
+    float   * w     = malloc(sizeof(float) * n);
+    float     * unit  = malloc(sizeof(float) * nw);
+    mpq2_rank * order = malloc(sizeof(mpq2_rank) * nw);
+    bool      * cand  = calloc(nw, sizeof(bool));
+    GGML_ASSERT(w && unit && order && cand);
+
+    for (int64_t i = 0; i < n; ++i) {
+        w[i] = imatrix ? imatrix[i] : 1.0f;
+    }
+    for (int64_t k = 0; k < nw; ++k) {
+        float s = 0.0f;
+        for (int i = 0; i < MPQ2_GROUP; ++i) {
+            const float v = w[k*MPQ2_GROUP + i] * x[k*MPQ2_GROUP + i];
+            s += v*v;
+        }
+        order[k].sal = s == s ? s : -INFINITY;  // NaN input ranks last, keeping the order total
+        order[k].idx = k;
+    }
+    const float f = fminf(fmaxf(salient_fraction, 0.0f), 1.0f);
+    const int64_t n_sal = (int64_t) (f * (float) nw + 0.5f);
+    qsort(order, nw, sizeof(mpq2_rank), mpq2_cmp_rank);
+    for (int64_t r = 0; r < n_sal && r < nw; ++r) {
+        cand[order[r].idx] = true;
+    }
+    for (int64_t k = 0; k < nw; ++k) {
+        const float * xk = x + k*MPQ2_GROUP;
+        const float * wk = w + k*MPQ2_GROUP;
+        float err2, err8;
+        const float u2 = mpq2_fit2(xk, wk, &err2);
+        if (cand[k]) {
+            const float u8 = mpq2_fit8(xk, wk, &err8);
+            cand[k] = err8 < err2;
+            unit[k] = cand[k] ? u8 : u2;
+        } else {
+            unit[k] = u2;
+        }
+    }
+    for (int64_t ib = 0; ib < n / QK_MPQ2; ++ib) {
+        mpq2_quantize_block(x + ib*QK_MPQ2, w + ib*QK_MPQ2, cand + ib*MPQ2_WORDS, unit + ib*MPQ2_WORDS, y + ib);
+    }
+    free(w); free(unit); free(order); free(cand);
+}
+
+void quantize_row_mpq2_ref(const float * GGML_RESTRICT x, block_mpq2 * GGML_RESTRICT y, int64_t k) {
+    GGML_ASSERT(k % QK_MPQ2 == 0);
+    mpq2_quantize_row(x, y, k, NULL, MPQ2_DEFAULT_SALIENT_FRACTION);
+}
+
+size_t quantize_mpq2_ex(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t nrows, int64_t n_per_row,
+                        const float * imatrix, float salient_fraction) {
+    GGML_ASSERT(n_per_row % QK_MPQ2 == 0);
+    const size_t row_size = (size_t) (n_per_row / QK_MPQ2) * sizeof(block_mpq2);
+    for (int64_t r = 0; r < nrows; ++r) {
+        mpq2_quantize_row(src + r*n_per_row, (block_mpq2 *) ((char *) dst + r*row_size), n_per_row, imatrix, salient_fraction);
+    }
+    return nrows * row_size;
+}
+
+size_t quantize_mpq2(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t nrows, int64_t n_per_row, const float * imatrix) {
+    return quantize_mpq2_ex(src, dst, nrows, n_per_row, imatrix, MPQ2_DEFAULT_SALIENT_FRACTION);
+}
+
+void dequantize_row_mpq2(const block_mpq2 * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k) {
+    GGML_ASSERT(k % QK_MPQ2 == 0);
+    for (int64_t ib = 0; ib < k / QK_MPQ2; ++ib) {
+        const float dd = ggml_fp16_to_fp32(x[ib].d);
+        const uint16_t meta = x[ib].meta;
+        for (int w = 0; w < MPQ2_WORDS; ++w) {
+            const int m = mpq2_scale_mult[(meta >> MPQ2_SCALE_SHIFT(w)) & 7];
+            const uint32_t q = x[ib].qs[w];
+            float * out = y + ib*QK_MPQ2 + w*MPQ2_GROUP;
+            if (meta >> w & 1) {
+                for (int i = 0; i < MPQ2_GROUP; ++i) {
+                    out[i] = dd * (float) (m * (int8_t) (q >> (8*(i >> 2))));
+                }
+            } else {
+                for (int i = 0; i < MPQ2_GROUP; ++i) {
+                    out[i] = dd * (float) (m * mpq2_grid2[(q >> (8*(i & 3) + 2*(i >> 2))) & 3]);
+                }
+            }
+        }
+    }
+}
+
+bool mpq2_validate_row_data(const void * data, size_t nbytes) {
+    if (nbytes % sizeof(block_mpq2) != 0) {
+        fprintf(stderr, "%s: invalid size %zu for type mpq2 (not a multiple of %zu)\n", __func__, nbytes, sizeof(block_mpq2));
+        return false;
+    }
+    const block_mpq2 * x = (const block_mpq2 *) data;
+    const size_t nb = nbytes / sizeof(block_mpq2);
+    for (size_t i = 0; i < nb; ++i) {
+        const uint16_t d = x[i].d;
+        if ((d & 0x7C00) == 0x7C00) {
+            fprintf(stderr, "%s: found %s scale at block %zu\n", __func__, (d & 0x03FF) ? "nan" : "inf", i);
+            return false;
+        }
+        if ((d & 0x8000) && (d & 0x7FFF)) {
+            fprintf(stderr, "%s: found negative scale at block %zu\n", __func__, i);
+            return false;
+        }
+        for (int w = 0; w < MPQ2_WORDS; ++w) {
+            if (!(x[i].meta >> w & 1)) {
+                continue;
+            }
+            for (int k = 0; k < 4; ++k) {
+                if ((uint8_t) (x[i].qs[w] >> (8*k)) == 0x80) {
+                    fprintf(stderr, "%s: found int8 code -128 in salient word %d at block %zu\n", __func__, w, i);
+                    return false;
+                }
+            }
+        }
+    }
+    return true;
+}

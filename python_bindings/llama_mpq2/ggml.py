@@ -1,0 +1,124 @@
+"""MPQ2 on numpy arrays through the C code of the patched ggml (no Python loop over blocks)."""
+from __future__ import annotations
+
+import numpy as np
+from cffi import FFI
+
+from ._libs import dlopen
+
+QK_MPQ2 = 64
+MPQ2_BLOCK_BYTES = 20
+GGML_TYPE_F32 = 0
+GGML_TYPE_Q8_0 = 8
+GGML_TYPE_MPQ2 = 96
+
+ffi = FFI()
+ffi.cdef("""
+    typedef void (*ggml_to_float_t)  (const void * x, float * y, int64_t k);
+    typedef void (*ggml_from_float_t)(const float * x, void * y, int64_t k);
+    typedef void (*ggml_vec_dot_t)   (int n, float * s, size_t bs, const void * x, size_t bx,
+                                      const void * y, size_t by, int nrc);
+    struct ggml_type_traits {
+        const char * type_name; int64_t blck_size; int64_t blck_size_interleave;
+        size_t type_size; bool is_quantized; ggml_to_float_t to_float; ggml_from_float_t from_float_ref;
+    };
+    struct ggml_type_traits_cpu {
+        ggml_from_float_t from_float; ggml_vec_dot_t vec_dot; int vec_dot_type; int64_t nrows;
+    };
+    const struct ggml_type_traits * ggml_get_type_traits(int type);
+    const struct ggml_type_traits_cpu * ggml_get_type_traits_cpu(int type);
+    void ggml_cpu_init(void);
+    size_t ggml_row_size(int type, int64_t ne);
+    bool ggml_validate_row_data(int type, const void * data, size_t nbytes);
+
+    size_t quantize_mpq2_ex(const float * src, void * dst, int64_t nrows, int64_t n_per_row,
+                            const float * imatrix, float salient_fraction);
+    void dequantize_row_mpq2(const void * x, float * y, int64_t k);
+    void quantize_row_mpq2_ref(const float * x, void * y, int64_t k);
+""")
+
+_base = dlopen(ffi, "libggml-base.so")
+_cpu = dlopen(ffi, "libggml-cpu.so")
+_cpu.ggml_cpu_init()
+
+
+def _ptr(a: np.ndarray, ctype: str):
+    return ffi.cast(ctype, ffi.from_buffer(a))
+
+
+def _rows(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim == 0 or x.shape[-1] % QK_MPQ2:
+        raise ValueError(f"MPQ2 rows must be a multiple of {QK_MPQ2} long, got shape {x.shape}")
+    return x
+
+
+def quantize(x: np.ndarray, imatrix: np.ndarray | None = None, salient_fraction: float = 0.125) -> np.ndarray:
+    """Rows of x (..., n) to MPQ2 bytes (..., n/64*20). imatrix: per-column importance
+    (llama.cpp's imatrix, or the Hessian diagonal), length n."""
+    x = _rows(x)
+    n = x.shape[-1]
+    nrows = x.size // n
+    out = np.empty(x.shape[:-1] + (n // QK_MPQ2 * MPQ2_BLOCK_BYTES,), np.uint8)
+    imat = ffi.NULL
+    if imatrix is not None:
+        imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
+        if imatrix.shape != (n,):
+            raise ValueError(f"imatrix must have shape ({n},), got {imatrix.shape}")
+        imat = _ptr(imatrix, "float *")
+    _base.quantize_mpq2_ex(_ptr(x, "float *"), _ptr(out, "void *"), nrows, n, imat, float(salient_fraction))
+    return out
+
+
+def quantize_ref(x: np.ndarray) -> np.ndarray:
+    """quantize_row_mpq2_ref over all of x as one row (ggml's from_float_ref)."""
+    x = _rows(x)
+    out = np.empty(x.size // QK_MPQ2 * MPQ2_BLOCK_BYTES, np.uint8)
+    _base.quantize_row_mpq2_ref(_ptr(x, "float *"), _ptr(out, "void *"), x.size)
+    return out
+
+
+def _blocks(q: np.ndarray) -> np.ndarray:
+    q = np.ascontiguousarray(q).view(np.uint8)
+    if q.shape[-1] % MPQ2_BLOCK_BYTES:
+        raise ValueError(f"MPQ2 rows must be a multiple of {MPQ2_BLOCK_BYTES} bytes, got {q.shape[-1]}")
+    return q
+
+
+def dequantize(q: np.ndarray) -> np.ndarray:
+    """MPQ2 bytes (..., k*20) to float32 (..., k*64)."""
+    q = _blocks(q)
+    out = np.empty(q.shape[:-1] + (q.shape[-1] // MPQ2_BLOCK_BYTES * QK_MPQ2,), np.float32)
+    _base.dequantize_row_mpq2(_ptr(q, "void *"), _ptr(out, "float *"), out.size)
+    return out
+
+
+def validate(q: np.ndarray) -> bool:
+    """ggml_validate_row_data for MPQ2 bytes (prints the first bad block to stderr)."""
+    q = _blocks(q)
+    return bool(_base.ggml_validate_row_data(GGML_TYPE_MPQ2, _ptr(q, "void *"), q.size))
+
+
+def quantize_q8_0(a: np.ndarray) -> np.ndarray:
+    """Activations to Q8_0 with the CPU backend's quantizer (what mul_mat does to src1)."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    out = np.empty(a.shape[:-1] + (a.shape[-1] // 32 * 34,), np.uint8)
+    for r, row in enumerate(a.reshape(-1, a.shape[-1])):
+        dst = out.reshape(-1, out.shape[-1])[r]
+        _cpu.ggml_get_type_traits_cpu(GGML_TYPE_Q8_0).from_float(_ptr(row, "float *"), _ptr(dst, "void *"), row.size)
+    return out
+
+
+def dot(q: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Row-wise dot products of MPQ2 rows q (r, k*20) with float activations a (n,), the
+    way ggml's mul_mat computes them: a quantized to Q8_0, then the CPU vec_dot kernel."""
+    q = np.atleast_2d(_blocks(q))
+    n = q.shape[-1] // MPQ2_BLOCK_BYTES * QK_MPQ2
+    a = np.ascontiguousarray(a, dtype=np.float32).reshape(n)
+    a8 = quantize_q8_0(a)
+    traits = _cpu.ggml_get_type_traits_cpu(GGML_TYPE_MPQ2)
+    out = np.empty(q.shape[0], np.float32)
+    for r in range(q.shape[0]):
+        traits.vec_dot(n, ffi.cast("float *", ffi.from_buffer(out[r:r + 1])), 0,
+                       _ptr(q[r], "void *"), 0, _ptr(a8, "void *"), 0, 1)
+    return out
