@@ -31,16 +31,19 @@ def test_quantize_writes_mpq2_without_fallback(tiny):
 
 
 def test_llama_cli_generates(tiny):
-    proc = h.run([h.tool("llama-cli"), "-m", tiny["mpq2"], "-p", "the cat", "-n", "24", "-no-cnv",
+    proc = h.run([h.tool("llama-cli"), "-m", tiny["mpq2"], "-p", "the cat", "-n", "24", "-st", "--simple-io",
                   "--temp", "0", "-t", "2", "--no-warmup"], timeout=300)
-    out = proc.stdout
-    assert "the cat" in out and len(out.split("the cat", 1)[1].split()) >= 3, out
+    reply = proc.stdout.split("> the cat", 1)[1].split("[ Prompt:")[0].split()
+    assert len(reply) >= 5, proc.stdout[-2000:]
+    vocabulary = set(" ".join(tiny_llama.SUBJECTS + tiny_llama.VERBS + tiny_llama.OBJECTS + tiny_llama.ENDINGS).split())
+    # a working model continues the toy grammar: most words of the reply come from it
+    assert sum(w in vocabulary or w == "." for w in reply) >= 0.7 * len(reply), reply
 
 
 def test_perplexity_close_to_f32(tiny):
     ppl_f32 = h.perplexity(tiny["f32"], tiny["text"], 64)
     ppl_q = h.perplexity(tiny["mpq2"], tiny["text"], 64)
-    assert ppl_f32 < 4.0, ppl_f32                # the model learned the toy grammar
+    assert ppl_f32 < 20.0, ppl_f32               # learned the toy grammar (uniform: ~320)
     assert ppl_f32 <= ppl_q < 2.0 * ppl_f32, (ppl_f32, ppl_q)
 
 
@@ -50,21 +53,29 @@ def test_logits_match_torch_forward_over_dequantized_weights(tiny):
 
     from llama_mpq2.model import Model
 
-    hf = LlamaForCausalLM.from_pretrained(tiny["hf"], torch_dtype=torch.float32)
+    hf = LlamaForCausalLM.from_pretrained(tiny["hf"], dtype=torch.float32)
     cfg = hf.config
-    sd = h.dequantized_state_dict(tiny["mpq2"], cfg.num_attention_heads, cfg.num_key_value_heads)
-    missing, unexpected = hf.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)
-    assert not unexpected and all("rotary" in m for m in missing), (missing, unexpected)
-
     with Model(tiny["mpq2"], n_ctx=128, n_threads=2) as m:
-        tokens = m.tokenize("the teacher helps a green tree at night . my friend calls")
+        tokens = m.tokenize("the teacher helps a green tree at night . my friend calls the old man by the sea .")
         got = m.eval(tokens, all_logits=True)
-    with torch.no_grad():
-        want = hf(torch.tensor([tokens])).logits[0].numpy()
-    # Tolerance: llama.cpp rounds activations to Q8_0 (8-bit, blocks of 32) before each MPQ2
-    # matmul; that perturbs logits by about 1% of their spread. We allow 5% per logit and
-    # require the same top token at 90% of positions.
-    spread = want.std(axis=-1, keepdims=True)
-    assert np.abs(got - want).max(axis=-1).max() < 0.05 * spread.max() * 4, np.abs(got - want).max()
-    assert (np.abs(got - want) / spread).mean() < 0.05
-    assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.9
+
+    def torch_logits():
+        with torch.no_grad():
+            return hf(torch.tensor([tokens])).logits[0].numpy()
+
+    original = torch_logits()
+    sd = h.dequantized_state_dict(tiny["mpq2"], cfg.num_attention_heads, cfg.num_key_value_heads)
+    missing, unexpected = hf.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in sd.items()}, strict=False)
+    assert not unexpected and all("rotary" in m for m in missing), (missing, unexpected)
+    want = torch_logits()
+
+    # Tolerance, relative to each position's logit spread (std over the vocabulary): llama.cpp
+    # rounds activations to Q8_0 before every MPQ2 matmul, measured here at about 0.6% mean and
+    # 7% worst case over 51 positions. We allow 2% mean, 15% worst case, and the same top token
+    # at 95% of positions.
+    rel = np.abs(got - want) / want.std(axis=-1, keepdims=True)
+    assert rel.mean() < 0.02 and rel.max() < 0.15, (rel.mean(), rel.max())
+    assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.95
+    # the check can tell MPQ2 weights from the originals: those miss by far more
+    rel_original = np.abs(got - original) / original.std(axis=-1, keepdims=True)
+    assert rel_original.mean() > 3 * rel.mean(), (rel_original.mean(), rel.mean())

@@ -20,11 +20,11 @@ def corpus(n_sentences: int, seed: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def train_tokenizer(text_file: Path, prefix: Path, vocab_size: int = 192) -> Path:
+def train_tokenizer(text_file: Path, prefix: Path, vocab_size: int = 320) -> Path:
     import sentencepiece as spm
     spm.SentencePieceTrainer.train(
         input=str(text_file), model_prefix=str(prefix), vocab_size=vocab_size, model_type="bpe",
-        character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1,
+        character_coverage=1.0, byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1,
         minloglevel=2)
     return prefix.with_suffix(".model")
 
@@ -64,6 +64,8 @@ def build(out_dir: Path, *, hidden: int = 128, intermediate: int = 384, layers: 
     model.save_pretrained(out_dir, safe_serialization=True)
     (out_dir / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
-        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
+        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        # plain concatenation: the toy vocabulary has no chat markers, and llama-cli needs a template
+        "chat_template": "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"}))
     (out_dir / "final_loss.txt").write_text(f"{loss.item():.4f}\n")
     return out_dir

@@ -1,0 +1,48 @@
+"""llama.cpp's own tests and tools know MPQ2 in the patched build."""
+from __future__ import annotations
+
+import numpy as np
+
+import e2e_helpers as h
+
+
+def test_quantize_help_lists_mpq2():
+    proc = h.run([h.tool("llama-quantize"), "--help"], check=False)
+    assert any("MPQ2" in line and "96" in line for line in (proc.stdout + proc.stderr).splitlines())
+
+
+def test_test_quantize_fns_passes_for_mpq2():
+    proc = h.run([h.tool("test-quantize-fns"), "-v"])
+    lines = [line for line in proc.stdout.splitlines() if line.strip().startswith("mpq2")]
+    assert len(lines) == 3 and all(" ok " in line for line in lines), proc.stdout
+
+
+def test_backend_ops_pass_for_mpq2():
+    # Only the CPU backend exists here, so each op runs on CPU twice and the two are compared:
+    # this checks that every op llama.cpp tests with a quantized type supports MPQ2 and runs.
+    proc = h.run([h.tool("test-backend-ops"), "-b", "CPU", "-p", "mpq2"], timeout=900)
+    out = proc.stdout
+    assert "FAIL" not in out
+    ran = [line for line in out.splitlines() if "mpq2" in line and "OK" in line]
+    for op in ("MUL_MAT(", "MUL_MAT_ID(", "GET_ROWS(", "SET_ROWS(", "CPY("):
+        assert any(line.strip().startswith(op) for line in ran), f"no passing {op} test for mpq2"
+
+
+def test_gguf_dump_names_the_type(tmp_path, rng):
+    import gguf
+    from llama_mpq2 import ggml
+
+    w = rng.standard_normal((8, 128)).astype(np.float32)
+    path = tmp_path / "one.gguf"
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_tensor("blk.0.ffn_up.weight", ggml.quantize(w), raw_dtype=gguf.GGMLQuantizationType.MPQ2)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    import subprocess, sys
+    proc = subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_dump", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "MPQ2" in proc.stdout
+    t = gguf.GGUFReader(path).tensors[0]
+    np.testing.assert_array_equal(gguf.quants.dequantize(t.data, t.tensor_type), ggml.dequantize(ggml.quantize(w)))
