@@ -53,9 +53,21 @@ def _rows(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def quantize(x: np.ndarray, imatrix: np.ndarray | None = None, salient_fraction: float = 0.125) -> np.ndarray:
+def hessian_diag(activations: np.ndarray) -> np.ndarray:
+    """Diagonal of the layer Hessian proxy X^T X / N from calibration activations (N, n) that
+    feed the layer: the per-column importance to pass as imatrix (what llama-imatrix collects)."""
+    a = np.asarray(activations, dtype=np.float64).reshape(-1, np.shape(activations)[-1])
+    return (np.einsum("ij,ij->j", a, a) / max(1, a.shape[0])).astype(np.float32)
+
+
+def quantize(x: np.ndarray, imatrix: np.ndarray | None = None, salient_fraction: float = 0.125,
+             *, hessian_diag: np.ndarray | None = None) -> np.ndarray:
     """Rows of x (..., n) to MPQ2 bytes (..., n/64*20). imatrix: per-column importance
-    (llama.cpp's imatrix, or the Hessian diagonal), length n."""
+    (llama.cpp's imatrix, or the Hessian diagonal, also accepted as hessian_diag=), length n."""
+    if hessian_diag is not None:
+        if imatrix is not None:
+            raise ValueError("pass imatrix or hessian_diag, not both")
+        imatrix = hessian_diag
     x = _rows(x)
     n = x.shape[-1]
     nrows = x.size // n
