@@ -24,7 +24,7 @@ fi
 
 # torch first and pinned: any other spec pulls CUDA wheels of several GB.
 "$PY" -m pip install --quiet "torch==2.13.0"
-"$PY" -m pip install --quiet numpy cffi sentencepiece safetensors transformers accelerate pytest
+"$PY" -m pip install --quiet numpy cffi sentencepiece protobuf safetensors transformers accelerate tqdm pytest
 
 echo "setup: building the patched llama.cpp (first build takes several minutes)"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >build-configure.log 2>&1 || { cat build-configure.log; exit 1; }

@@ -125,11 +125,12 @@ def select_candidates(sal: np.ndarray, fraction: float) -> np.ndarray:
     return cand
 
 
-def encode_blocks(x: np.ndarray, w: np.ndarray, salient: np.ndarray, unit: np.ndarray) -> np.ndarray:
-    """Packs words with a given bitmap and per-word target units, as mpq2_quantize_block.
+def choose_scales(x: np.ndarray, w: np.ndarray, salient: np.ndarray, unit: np.ndarray):
+    """Block scales and per-word scale codes, as mpq2_quantize_block.
 
     x: (rows, words, 16) float32, w broadcastable to x, salient/unit: (rows, words).
-    Returns uint8 (rows, blocks * 20).
+    Returns d16 (rows, blocks) float16, scale codes j (rows, words), and the codes at those
+    scales: int8 means c8 (rows, words, 4) and 2-bit codes c2 (rows, words, 16).
     """
     rows, nw = salient.shape
     nb = nw // WORDS
@@ -147,18 +148,51 @@ def encode_blocks(x: np.ndarray, w: np.ndarray, salient: np.ndarray, unit: np.nd
             best_j = np.where(better, j, best_j)
         c8, c2, _ = _encode_words(x, w, salient, dd, best_j)
     live = dd > F(0.0)
-    words = np.where(live, _pack_words(c8, c2, salient), np.uint32(0)).astype(np.uint32)
     best_j = np.where(live, best_j, 0)
+    c8 = np.where(live[..., None], c8, 0)
+    c2 = np.where(live[..., None], c2, 0)
+    return d16, best_j, c8, c2
+
+
+def pack(d16: np.ndarray, scale_code: np.ndarray, salient: np.ndarray, c8: np.ndarray, c2: np.ndarray) -> np.ndarray:
+    """MPQ2 bytes (rows, blocks*20) from fields: d16 (rows, blocks), scale_code and salient
+    (rows, words), c8 (rows, words, 4) int8 means, c2 (rows, words, 16) 2-bit codes."""
+    rows, nw = salient.shape
+    nb = nw // WORDS
+    words = _pack_words(c8, c2, salient)
     wpos = np.arange(WORDS, dtype=np.uint32)
     shifts = np.array([scale_shift(k) for k in range(WORDS)], np.uint32)
     meta = ((salient.reshape(rows, nb, WORDS).astype(np.uint32) << wpos)
-            | (best_j.reshape(rows, nb, WORDS).astype(np.uint32) << shifts))
+            | (scale_code.reshape(rows, nb, WORDS).astype(np.uint32) << shifts))
     meta = np.bitwise_or.reduce(meta, axis=-1)
     out = np.empty((rows, nb, BLOCK_BYTES), np.uint8)
-    out[..., 0:2] = d16.view(np.uint8).reshape(rows, nb, 2)
-    out[..., 2:4] = meta.astype(np.uint16)[..., None].view(np.uint8).reshape(rows, nb, 2)
+    out[..., 0:2] = d16.astype(np.float16).view(np.uint8).reshape(rows, nb, 2)
+    out[..., 2:4] = meta.astype("<u2")[..., None].view(np.uint8).reshape(rows, nb, 2)
     out[..., 4:] = words.reshape(rows, nb, WORDS).astype("<u4").view(np.uint8).reshape(rows, nb, 4 * WORDS)
     return out.reshape(rows, nb * BLOCK_BYTES)
+
+
+def decoded_values(d16: np.ndarray, scale_code: np.ndarray, salient: np.ndarray, c8: np.ndarray, c2: np.ndarray) -> np.ndarray:
+    """The float32 weights (rows, words, 16) that pack(...) decodes to, computed as the C
+    dequantizer does: dd * (float)(m * v)."""
+    dd = np.repeat(d16.astype(F), WORDS, axis=-1)[..., None]
+    m = SCALE_MULT[scale_code][..., None]
+    v = np.where(salient[..., None], np.repeat(c8, 4, axis=-1), GRID2[c2])
+    return (dd * (m * v).astype(F)).astype(F)
+
+
+def encode_blocks(x: np.ndarray, w: np.ndarray, salient: np.ndarray, unit: np.ndarray) -> np.ndarray:
+    """Packs words with a given bitmap and per-word target units, as mpq2_quantize_block."""
+    d16, scale_code, c8, c2 = choose_scales(x, w, salient, unit)
+    return pack(d16, scale_code, salient, c8, c2)
+
+
+def word_units(x: np.ndarray, w: np.ndarray, salient: np.ndarray) -> np.ndarray:
+    """Target unit of each word for its encoding (the unscaled best fit), (rows, words)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        u2, _ = _fit2(x, w)
+        u8, _ = _fit8(x, w)
+    return np.where(salient, u8, u2).astype(F)
 
 
 def quantize(x: np.ndarray, imatrix: np.ndarray | None = None,

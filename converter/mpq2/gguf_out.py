@@ -1,0 +1,153 @@
+"""GGUF side of the converter: llama.cpp's own export as the template (metadata, tokenizer,
+norms), our bytes for the weights we re-encode, and an atomic write."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from . import codec
+from .format import QTYPE
+
+# Types the converter can write besides MPQ2 (all have numpy quantizers in gguf-py).
+OTHER_TYPES = {
+    "f32": gguf.GGMLQuantizationType.F32,
+    "f16": gguf.GGMLQuantizationType.F16,
+    "bf16": gguf.GGMLQuantizationType.BF16,
+    "q8_0": gguf.GGMLQuantizationType.Q8_0,
+    "q5_0": gguf.GGMLQuantizationType.Q5_0,
+    "q4_0": gguf.GGMLQuantizationType.Q4_0,
+}
+TYPE_NAMES = ["mpq2", *OTHER_TYPES]
+
+
+def llama_cpp_source() -> Path:
+    """The patched llama.cpp tree of the build (for convert_hf_to_gguf.py)."""
+    env = os.environ.get("MPQ2_LLAMA_CPP_SRC")
+    if env:
+        return Path(env)
+    from llama_mpq2._libs import lib_dir
+    return lib_dir().parent / "llama.cpp-src"
+
+
+def export_template(model_dir: Path, workdir: Path) -> Path:
+    """Runs llama.cpp's convert_hf_to_gguf.py (F16) to get metadata, tokenizer and norms."""
+    script = llama_cpp_source() / "convert_hf_to_gguf.py"
+    if not script.is_file():
+        raise FileNotFoundError(f"{script} not found: build the project first (bash setup.sh) or set MPQ2_LLAMA_CPP_SRC")
+    out = workdir / "template-f16.gguf"
+    proc = subprocess.run([sys.executable, str(script), str(model_dir), "--outtype", "f16", "--outfile", str(out)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0 or not out.is_file():
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"llama.cpp's convert_hf_to_gguf.py failed on {model_dir}:\n{tail}")
+    return out
+
+
+def encode(values: np.ndarray, type_name: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
+    """Encodes a float tensor (numpy layout, rows last) in one of TYPE_NAMES."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    if type_name == "mpq2":
+        return codec.quantize(values), QTYPE
+    qtype = OTHER_TYPES[type_name]
+    return gguf.quants.quantize(values, qtype), qtype
+
+
+def fits(type_name: str, cols: int) -> bool:
+    qtype = QTYPE if type_name == "mpq2" else OTHER_TYPES[type_name]
+    return cols % gguf.GGML_QUANT_SIZES[qtype][0] == 0
+
+
+@dataclass
+class Replacement:
+    data: np.ndarray                      # as gguf-py holds it: float32/float16 values or uint8 bytes
+    qtype: gguf.GGMLQuantizationType
+
+
+def tensor_values(t) -> np.ndarray:
+    """A template tensor as float32 in numpy order (rows, cols)."""
+    shape = [int(d) for d in reversed(t.shape)]
+    return gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape)
+
+
+def arch_of(reader: gguf.GGUFReader) -> str:
+    field = reader.fields[gguf.Keys.General.ARCHITECTURE]
+    return bytes(field.parts[field.data[0]]).decode()
+
+
+def _copy_metadata(reader: gguf.GGUFReader, writer: gguf.GGUFWriter, ftype: int) -> None:
+    for field in reader.fields.values():
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue
+        if field.name in (gguf.Keys.General.FILE_TYPE, gguf.Keys.General.QUANTIZATION_VERSION):
+            continue
+        val_type = field.types[0]
+        sub_type = field.types[-1] if val_type == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), val_type, sub_type=sub_type)
+    writer.add_file_type(ftype)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+class Interrupted(KeyboardInterrupt):
+    pass
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM behaves like Ctrl-C, so the temporary output is removed either way."""
+    def handler(signum, frame):
+        raise Interrupted(f"signal {signum}")
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def check_output_path(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists; pass --force to overwrite it")
+    if out.exists() and out.is_dir():
+        raise IsADirectoryError(f"{out} is a directory")
+    if not out.parent.exists():
+        raise FileNotFoundError(f"output directory {out.parent} does not exist")
+
+
+def write_atomic(out: Path, reader: gguf.GGUFReader, replacements: dict[str, Replacement], ftype: int,
+                 force: bool) -> None:
+    """Writes the template with replacements to a temporary file next to `out`, then renames
+    it: a reader never sees a half-written GGUF, and an interrupted run leaves no output."""
+    check_output_path(out, force)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        writer = gguf.GGUFWriter(tmp, arch_of(reader))
+        _copy_metadata(reader, writer, ftype)
+        for t in reader.tensors:
+            if t.name in replacements:
+                r = replacements[t.name]
+                writer.add_tensor_info(t.name, r.data.shape, r.data.dtype, r.data.nbytes, r.qtype)
+            else:
+                writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for t in reader.tensors:
+            data = replacements[t.name].data if t.name in replacements else t.data
+            writer.write_tensor_data(np.ascontiguousarray(data))
+        writer.close()
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
