@@ -55,8 +55,33 @@ void ggml_vec_dot_mpq2_q8_0_generic(int n, float * GGML_RESTRICT s, size_t bs, c
     *s = sumf;
 }
 
-// No SIMD kernel is wired in yet on any architecture: the generic code is the kernel.
+// SIMD kernels, one file per architecture (mirroring ggml-cpu/arch/). Each defines
+// MPQ2_VEC_DOT_SIMD (and MPQ2_VEC_DOT_SIMD_NAME) when the target has what it needs.
+#if defined(__AVX2__) || (defined(__AVX512F__) && defined(__AVX512BW__))
+#include "arch/x86/mpq2-quants.c"
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+#include "arch/arm/mpq2-quants.c"
+#endif
+
 void ggml_vec_dot_mpq2_q8_0(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
                             const void * GGML_RESTRICT vy, size_t by, int nrc) {
+#if defined(MPQ2_VEC_DOT_SIMD)
+    assert(n % QK_MPQ2 == 0);
+    assert(nrc == 1);
+    GGML_UNUSED(nrc); GGML_UNUSED(bx); GGML_UNUSED(by); GGML_UNUSED(bs);
+    MPQ2_VEC_DOT_SIMD(n, s, (const block_mpq2 *) vx, (const block_q8_0 *) vy);
+#else
     ggml_vec_dot_mpq2_q8_0_generic(n, s, bs, vx, bx, vy, by, nrc);
+#endif
+}
+
+// Which kernel ggml_vec_dot_mpq2_q8_0 is in this build ("generic", "avx2", "avx512_vnni",
+// "neon_dotprod", ...); for tests and benchmarks.
+const char * ggml_vec_dot_mpq2_q8_0_impl(void);
+const char * ggml_vec_dot_mpq2_q8_0_impl(void) {
+#if defined(MPQ2_VEC_DOT_SIMD)
+    return MPQ2_VEC_DOT_SIMD_NAME;
+#else
+    return "generic";
+#endif
 }

@@ -1,0 +1,324 @@
+// MPQ2 x Q8_0 dot product for x86: AVX-512 (BW, optionally VNNI) and AVX2 (optionally AVX-VNNI).
+//
+// Included by ggml_ext/src/ggml-cpu-mpq2.c (not compiled on its own); defines
+// MPQ2_VEC_DOT_SIMD and MPQ2_VEC_DOT_SIMD_NAME when a kernel applies to the target.
+//
+// Both kernels decode each 32-bit word to 16 int8 lanes in natural weight order (see
+// docs/FORMAT.md "Decoding one weight"):
+//   2-bit word: the word in every dword of its 128-bit lane, shifted right by 0, 2, 4, 6 in
+//               dwords 0..3, masked with 3: byte k of dword j is the code of weight 4j + k;
+//               a pshufb into {-24, -8, 8, 24} makes the value.
+//   int8 word:  pshufb byte broadcast {0,0,0,0, 1,1,1,1, 2,2,2,2, 3,3,3,3} of the word.
+// and picks one per 128-bit lane with the word's bitmap bit. The int8 x int8 dot with the
+// activations uses the sign trick (|w| as u8, a * sign(w) as s8) with maddubs or dpbusd; each
+// word's int32 partial sums are multiplied (exactly, in integers) by the word multiplier,
+// converted to float (exact: |sum| <= 4*127*127*40 < 2^24) and accumulated with the fp16 scales
+// d * d_q8. Only the float accumulation order differs from ggml_vec_dot_mpq2_q8_0_generic.
+//
+// Activations must be in [-127, 127], as ggml's Q8_0 quantizer writes them (the sign trick
+// cannot negate -128). Weights may hold any bit pattern, -128 int8 codes included.
+
+#if defined(__AVX2__) || (defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__))
+
+#include <immintrin.h>
+#include <string.h>
+
+#if defined(__FMA__)
+#define MPQ2_FMADD256(a, b, c) _mm256_fmadd_ps(a, b, c)
+#else
+#define MPQ2_FMADD256(a, b, c) _mm256_add_ps(_mm256_mul_ps(a, b), c)
+#endif
+
+// Scales of one block as [dx*dx, dx*dy0, dx*dy1, 0]: one fp16 conversion for all three.
+static inline __m128 mpq2_x86_block_scales(const block_mpq2 * GGML_RESTRICT x, const block_q8_0 * GGML_RESTRICT y) {
+#if defined(__F16C__)
+    const uint64_t h = (uint64_t) x->d | (uint64_t) y[0].d << 16 | (uint64_t) y[1].d << 32;
+    const __m128 f = _mm_cvtph_ps(_mm_cvtsi64_si128((long long) h));
+#else
+    const __m128 f = _mm_setr_ps(GGML_CPU_FP16_TO_FP32(x->d), GGML_CPU_FP16_TO_FP32(y[0].d),
+                                 GGML_CPU_FP16_TO_FP32(y[1].d), 0.0f);
+#endif
+    return _mm_mul_ps(f, _mm_shuffle_ps(f, f, 0));
+}
+
+static inline uint32_t mpq2_x86_header(const block_mpq2 * GGML_RESTRICT x) {
+    uint32_t h;  // d in bits 0..15, meta in bits 16..31
+    memcpy(&h, x, sizeof(h));
+    return h;
+}
+
+#endif
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+
+// ---------------------------------------------------------------------------------------
+// AVX-512: one block (64 weights, 4 words) per zmm, 128-bit lane w = word w.
+
+#define MPQ2_X4(a, b, c, d) a, b, c, d, a, b, c, d, a, b, c, d, a, b, c, d
+
+static const uint8_t mpq2_avx512_ctrl_word[64] = {   // lane w: word w in all 4 dwords
+     0, 1, 2, 3,  0, 1, 2, 3,  0, 1, 2, 3,  0, 1, 2, 3,
+     4, 5, 6, 7,  4, 5, 6, 7,  4, 5, 6, 7,  4, 5, 6, 7,
+     8, 9,10,11,  8, 9,10,11,  8, 9,10,11,  8, 9,10,11,
+    12,13,14,15, 12,13,14,15, 12,13,14,15, 12,13,14,15,
+};
+static const uint8_t mpq2_avx512_ctrl_int8[64] = {   // lane w: byte k of word w in bytes 4k..4k+3
+     0, 0, 0, 0,  1, 1, 1, 1,  2, 2, 2, 2,  3, 3, 3, 3,
+     4, 4, 4, 4,  5, 5, 5, 5,  6, 6, 6, 6,  7, 7, 7, 7,
+     8, 8, 8, 8,  9, 9, 9, 9, 10,10,10,10, 11,11,11,11,
+    12,12,12,12, 13,13,13,13, 14,14,14,14, 15,15,15,15,
+};
+static const int8_t mpq2_avx512_grid[64] = {     // grid in bytes 0..3 of every lane (indices are 0..3)
+    -24, -8, 8, 24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  -24, -8, 8, 24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    -24, -8, 8, 24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  -24, -8, 8, 24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+};
+static const uint32_t mpq2_avx512_shift2[16]   = { MPQ2_X4(0, 2, 4, 6) };
+static const uint32_t mpq2_avx512_bitmap[16]   = { 1u << 16, 1u << 16, 1u << 16, 1u << 16, 1u << 17, 1u << 17, 1u << 17, 1u << 17,
+                                                   1u << 18, 1u << 18, 1u << 18, 1u << 18, 1u << 19, 1u << 19, 1u << 19, 1u << 19 };
+static const uint32_t mpq2_avx512_code_sh[16]  = { 20, 20, 20, 20, 23, 23, 23, 23, 26, 26, 26, 26, 29, 29, 29, 29 };
+static const uint32_t mpq2_avx512_scale_ix[16] = { 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2 };
+static const int32_t  mpq2_avx512_mult[16]     = { 8, 10, 13, 16, 20, 25, 32, 40, 8, 10, 13, 16, 20, 25, 32, 40 };
+// 4-block groups: dword b of lane w holds the header of block b (dword 5b of the group) ...
+static const uint32_t mpq2_avx512_hdr_ix[16]   = { 0, 5, 10, 15, 0, 5, 10, 15, 0, 5, 10, 15, 0, 5, 10, 15 };
+// ... and is shifted by mpq2_avx512_code_sh to the scale code of word w
+#undef MPQ2_X4
+
+#if defined(__AVX512VBMI__)
+// VBMI decode: vpmultishiftqb pulls every weight's bits out of its word in one step. The
+// source holds words 0,1 in qwords 0..3 and words 2,3 in qwords 4..7, so qword q of a
+// 128-bit lane w holds word w at bit (w & 1)*32.
+//   int8 word:  byte i of lane w <- bits (w&1)*32 + 8*(i/4)                 (the mean byte)
+//   2-bit word: byte i of lane w <- bits (w&1)*32 + 8*(i%4) + 2*(i/4) - 4   (mod 64): the code
+//               lands in bits 4..5, and vpermb (which reads index bits 0..5) looks up a
+//               64-entry grid whose entry j is GRID[j >> 4], so no masking is needed.
+#define MPQ2_C2(w, i) (uint8_t) ((((w) & 1)*32 + 8*((i) % 4) + 2*((i) / 4) - 4) & 63)
+#define MPQ2_C8(w, i) (uint8_t) (((w) & 1)*32 + 8*((i) / 4))
+#define MPQ2_LANE(C, w) C(w, 0), C(w, 1), C(w, 2), C(w, 3), C(w, 4), C(w, 5), C(w, 6), C(w, 7), \
+                        C(w, 8), C(w, 9), C(w,10), C(w,11), C(w,12), C(w,13), C(w,14), C(w,15)
+static const uint8_t mpq2_vbmi_ctrl2[64] = { MPQ2_LANE(MPQ2_C2, 0), MPQ2_LANE(MPQ2_C2, 1), MPQ2_LANE(MPQ2_C2, 2), MPQ2_LANE(MPQ2_C2, 3) };
+static const uint8_t mpq2_vbmi_ctrl8[64] = { MPQ2_LANE(MPQ2_C8, 0), MPQ2_LANE(MPQ2_C8, 1), MPQ2_LANE(MPQ2_C8, 2), MPQ2_LANE(MPQ2_C8, 3) };
+#undef MPQ2_LANE
+#undef MPQ2_C8
+#undef MPQ2_C2
+#define MPQ2_G16(v) v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v
+static const int8_t mpq2_vbmi_grid[64] = { MPQ2_G16(-24), MPQ2_G16(-8), MPQ2_G16(8), MPQ2_G16(24) };
+#undef MPQ2_G16
+// bitmap nibble -> 64-bit byte mask (bit w -> bytes 16w..16w+15)
+#define MPQ2_M(b) ((b & 1 ? 0xFFFFull : 0) | (b & 2 ? 0xFFFF0000ull : 0) | (b & 4 ? 0xFFFF00000000ull : 0) | (b & 8 ? 0xFFFF000000000000ull : 0))
+static const uint64_t mpq2_vbmi_mask[2][16] = {
+    { MPQ2_M(0), MPQ2_M(1), MPQ2_M(2), MPQ2_M(3), MPQ2_M(4), MPQ2_M(5), MPQ2_M(6), MPQ2_M(7),
+      MPQ2_M(8), MPQ2_M(9), MPQ2_M(10), MPQ2_M(11), MPQ2_M(12), MPQ2_M(13), MPQ2_M(14), MPQ2_M(15) },
+    { ~MPQ2_M(0), ~MPQ2_M(1), ~MPQ2_M(2), ~MPQ2_M(3), ~MPQ2_M(4), ~MPQ2_M(5), ~MPQ2_M(6), ~MPQ2_M(7),
+      ~MPQ2_M(8), ~MPQ2_M(9), ~MPQ2_M(10), ~MPQ2_M(11), ~MPQ2_M(12), ~MPQ2_M(13), ~MPQ2_M(14), ~MPQ2_M(15) },
+};
+#undef MPQ2_M
+#endif
+
+// Decoded weights of one block (64 int8 in natural order) and their dot with the block's
+// 64 activations, per dword: 4 partial sums per word, not yet multiplied.
+static inline __m512i mpq2_avx512_block(const block_mpq2 * GGML_RESTRICT xb, const block_q8_0 * GGML_RESTRICT yb,
+                                        const __m512i * GGML_RESTRICT c) {
+    const __m512i zero = _mm512_setzero_si512();
+#if defined(__AVX512VBMI__)
+    uint64_t q01, q23;
+    memcpy(&q01, xb->qs + 0, sizeof(q01));
+    memcpy(&q23, xb->qs + 2, sizeof(q23));
+    const __m512i   src = _mm512_mask_set1_epi64(_mm512_set1_epi64((long long) q01), 0xF0, (long long) q23);
+    const __mmask64 k8  = _load_mask64((__mmask64 *) &mpq2_vbmi_mask[0][xb->meta & 15]);
+    const __mmask64 k2  = _load_mask64((__mmask64 *) &mpq2_vbmi_mask[1][xb->meta & 15]);
+    const __m512i   ms  = _mm512_multishift_epi64_epi8(_mm512_mask_blend_epi8(k8, c[0], c[1]), src);
+    const __m512i   v   = _mm512_mask_permutexvar_epi8(ms, k2, ms, c[2]);
+#else
+    const __m512i hdr = _mm512_set1_epi32((int) mpq2_x86_header(xb));
+    const __m512i bc  = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *) xb->qs));
+    const __m512i wv  = _mm512_shuffle_epi8(bc, c[0]);
+    const __m512i c2  = _mm512_and_si512(_mm512_srlv_epi32(wv, c[3]), _mm512_set1_epi8(3));
+    const __m512i v2  = _mm512_shuffle_epi8(c[2], c2);
+    const __m512i v8  = _mm512_shuffle_epi8(bc, c[1]);
+    const __m512i v   = _mm512_mask_blend_epi32(_mm512_test_epi32_mask(hdr, c[4]), v2, v8);
+#endif
+    const __m512i a  = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *) yb[0].qs)),
+                                          _mm256_loadu_si256((const __m256i *) yb[1].qs), 1);
+    // sign trick: |v| (u8) times a * sign(v) (s8)
+    const __m512i av = _mm512_abs_epi8(v);
+    const __m512i sa = _mm512_mask_sub_epi8(a, _mm512_movepi8_mask(v), zero, a);
+#if defined(__AVX512VNNI__)
+    return _mm512_dpbusd_epi32(zero, av, sa);
+#else
+    return _mm512_madd_epi16(_mm512_maddubs_epi16(av, sa), _mm512_set1_epi16(1));
+#endif
+}
+
+static inline uint64_t mpq2_x86_fp16x4(uint16_t a, uint16_t b, uint16_t c, uint16_t d) {
+    return (uint64_t) a | (uint64_t) b << 16 | (uint64_t) c << 32 | (uint64_t) d << 48;
+}
+
+static void mpq2_vec_dot_q8_0_avx512(int n, float * GGML_RESTRICT s, const block_mpq2 * GGML_RESTRICT x,
+                                     const block_q8_0 * GGML_RESTRICT y) {
+    const int nb = n / QK_MPQ2;
+
+#if defined(__AVX512VBMI__)
+    const __m512i c[5] = { _mm512_loadu_si512(mpq2_vbmi_ctrl2), _mm512_loadu_si512(mpq2_vbmi_ctrl8),
+                           _mm512_loadu_si512(mpq2_vbmi_grid) };
+#else
+    const __m512i c[5] = { _mm512_loadu_si512(mpq2_avx512_ctrl_word), _mm512_loadu_si512(mpq2_avx512_ctrl_int8),
+                           _mm512_loadu_si512(mpq2_avx512_grid), _mm512_loadu_si512(mpq2_avx512_shift2),
+                           _mm512_loadu_si512(mpq2_avx512_bitmap) };
+#endif
+    const __m512i code_sh = _mm512_loadu_si512(mpq2_avx512_code_sh);
+    const __m512i hdr_ix  = _mm512_loadu_si512(mpq2_avx512_hdr_ix);
+    const __m512i mult    = _mm512_loadu_si512(mpq2_avx512_mult);
+    const __m512i m7      = _mm512_set1_epi32(7);
+
+    __m256 acc = _mm256_setzero_ps();
+    int ib = 0;
+    // Four blocks at a time: reduce the four blocks' partial sums to one (word, block) sum per
+    // dword, multiply all 16 by their word multipliers at once, add the words of each Q8_0
+    // half and scale the 8 half sums by d * d_q8 in one ymm.
+    for (; ib + 4 <= nb; ib += 4) {
+        const block_mpq2 * GGML_RESTRICT xb = x + ib;
+        const block_q8_0 * GGML_RESTRICT yb = y + 2*ib;
+
+        const __m512i p0 = mpq2_avx512_block(xb + 0, yb + 0, c);
+        const __m512i p1 = mpq2_avx512_block(xb + 1, yb + 2, c);
+        const __m512i p2 = mpq2_avx512_block(xb + 2, yb + 4, c);
+        const __m512i p3 = mpq2_avx512_block(xb + 3, yb + 6, c);
+
+        // lane w, dword b: sum of word w of block b
+        const __m512i t01 = _mm512_add_epi32(_mm512_unpacklo_epi32(p0, p1), _mm512_unpackhi_epi32(p0, p1));
+        const __m512i t23 = _mm512_add_epi32(_mm512_unpacklo_epi32(p2, p3), _mm512_unpackhi_epi32(p2, p3));
+        const __m512i sw  = _mm512_add_epi32(_mm512_unpacklo_epi64(t01, t23), _mm512_unpackhi_epi64(t01, t23));
+
+        // headers of the 4 blocks (bytes 0, 20, 40, 60 of the group) in every lane
+        const __m512i hdr  = _mm512_permutexvar_epi32(hdr_ix, _mm512_loadu_si512(xb));
+        const __m512i code = _mm512_and_si512(_mm512_srlv_epi32(hdr, code_sh), m7);
+        const __m512i sm   = _mm512_mullo_epi32(sw, _mm512_permutexvar_epi32(code, mult));
+
+        // lane 0 + lane 1 = half 0, lane 2 + lane 3 = half 1: ymm [h0 b0..b3, h1 b0..b3]
+        const __m512i sh = _mm512_add_epi32(sm, _mm512_shuffle_i32x4(sm, sm, _MM_SHUFFLE(2, 3, 0, 1)));
+        const __m256i si = _mm512_castsi512_si256(_mm512_shuffle_i32x4(sh, sh, _MM_SHUFFLE(2, 0, 2, 0)));
+
+        // scales in the same order: dx of b (low half of each header) times dy of Q8_0 block 2b + h
+        const __m256 dx = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm512_castsi512_si256(hdr)));
+        const __m256 dy = _mm256_cvtph_ps(_mm_set_epi64x(
+            (long long) mpq2_x86_fp16x4(yb[1].d, yb[3].d, yb[5].d, yb[7].d),
+            (long long) mpq2_x86_fp16x4(yb[0].d, yb[2].d, yb[4].d, yb[6].d)));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(si), _mm256_mul_ps(dx, dy), acc);
+    }
+    __m512 acc1 = _mm512_setzero_ps();
+    for (; ib < nb; ++ib) {
+        const __m512i p    = mpq2_avx512_block(x + ib, y + 2*ib, c);
+        const __m512i hdr  = _mm512_set1_epi32((int) mpq2_x86_header(x + ib));
+        const __m512i code = _mm512_and_si512(_mm512_srlv_epi32(hdr, code_sh), m7);
+        const __m512i pm   = _mm512_mullo_epi32(p, _mm512_permutexvar_epi32(code, mult));
+        const __m512  sc   = _mm512_permutexvar_ps(_mm512_loadu_si512(mpq2_avx512_scale_ix),
+                                                   _mm512_castps128_ps512(mpq2_x86_block_scales(x + ib, y + 2*ib)));
+        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pm), sc, acc1);
+    }
+    *s = _mm512_reduce_add_ps(acc1) + _mm512_reduce_add_ps(_mm512_insertf32x8(_mm512_setzero_ps(), acc, 0));
+}
+
+#if defined(__AVX512VNNI__)
+#define MPQ2_VEC_DOT_SIMD_NAME "avx512_vnni"
+#else
+#define MPQ2_VEC_DOT_SIMD_NAME "avx512"
+#endif
+#define MPQ2_VEC_DOT_SIMD mpq2_vec_dot_q8_0_avx512
+
+#elif defined(__AVX2__)
+
+// ---------------------------------------------------------------------------------------
+// AVX2: one block per two ymm, ymm h = words 2h, 2h+1 = Q8_0 block 2*ib + h.
+
+static const uint8_t mpq2_avx2_ctrl_word[2][32] = {
+    { 0, 1, 2, 3,  0, 1, 2, 3,  0, 1, 2, 3,  0, 1, 2, 3,   4, 5, 6, 7,  4, 5, 6, 7,  4, 5, 6, 7,  4, 5, 6, 7 },
+    { 8, 9,10,11,  8, 9,10,11,  8, 9,10,11,  8, 9,10,11,  12,13,14,15, 12,13,14,15, 12,13,14,15, 12,13,14,15 },
+};
+static const uint8_t mpq2_avx2_ctrl_int8[2][32] = {
+    { 0, 0, 0, 0,  1, 1, 1, 1,  2, 2, 2, 2,  3, 3, 3, 3,   4, 4, 4, 4,  5, 5, 5, 5,  6, 6, 6, 6,  7, 7, 7, 7 },
+    { 8, 8, 8, 8,  9, 9, 9, 9, 10,10,10,10, 11,11,11,11,  12,12,12,12, 13,13,13,13, 14,14,14,14, 15,15,15,15 },
+};
+static const int8_t   mpq2_avx2_grid[32]      = { -24, -8, 8, 24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                                  -24, -8, 8, 24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 };
+static const uint32_t mpq2_avx2_shift2[8]     = { 0, 2, 4, 6, 0, 2, 4, 6 };
+static const uint32_t mpq2_avx2_bitmap[2][8]  = { { 1u << 16, 1u << 16, 1u << 16, 1u << 16, 1u << 17, 1u << 17, 1u << 17, 1u << 17 },
+                                                  { 1u << 18, 1u << 18, 1u << 18, 1u << 18, 1u << 19, 1u << 19, 1u << 19, 1u << 19 } };
+static const uint32_t mpq2_avx2_code_sh[2][8] = { { 20, 20, 20, 20, 23, 23, 23, 23 }, { 26, 26, 26, 26, 29, 29, 29, 29 } };
+#if defined(__AVXVNNI__) || (defined(__AVX512VNNI__) && defined(__AVX512VL__))
+#define MPQ2_AVX2_VNNI 1
+static const int32_t  mpq2_avx2_mult[8]       = { 8, 10, 13, 16, 20, 25, 32, 40 };
+#else
+#define MPQ2_PAIR(m) ((m) | (m) << 16)
+static const int32_t  mpq2_avx2_mult[8]       = { MPQ2_PAIR(8), MPQ2_PAIR(10), MPQ2_PAIR(13), MPQ2_PAIR(16),
+                                                  MPQ2_PAIR(20), MPQ2_PAIR(25), MPQ2_PAIR(32), MPQ2_PAIR(40) };
+#undef MPQ2_PAIR
+#endif
+
+static void mpq2_vec_dot_q8_0_avx2(int n, float * GGML_RESTRICT s, const block_mpq2 * GGML_RESTRICT x,
+                                   const block_q8_0 * GGML_RESTRICT y) {
+    const int nb = n / QK_MPQ2;
+
+    const __m256i grid   = _mm256_loadu_si256((const __m256i *) mpq2_avx2_grid);
+    const __m256i shift2 = _mm256_loadu_si256((const __m256i *) mpq2_avx2_shift2);
+    const __m256i mult   = _mm256_loadu_si256((const __m256i *) mpq2_avx2_mult);
+    const __m256i m3     = _mm256_set1_epi8(3);
+    const __m256i m7     = _mm256_set1_epi32(7);
+
+    __m256 acc0 = _mm256_setzero_ps();
+    __m256 acc1 = _mm256_setzero_ps();
+
+    for (int ib = 0; ib < nb; ++ib) {
+        const block_mpq2 * GGML_RESTRICT xb = x + ib;
+        const block_q8_0 * GGML_RESTRICT yb = y + 2*ib;
+
+        const __m256i hdr = _mm256_set1_epi32((int) mpq2_x86_header(xb));
+        const __m256i bc  = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) xb->qs));
+        const __m128  sc  = mpq2_x86_block_scales(xb, yb);
+        const __m256  sc8 = _mm256_castps128_ps256(sc);
+
+        __m256i p[2];
+        for (int h = 0; h < 2; ++h) {
+            const __m256i wv   = _mm256_shuffle_epi8(bc, _mm256_loadu_si256((const __m256i *) mpq2_avx2_ctrl_word[h]));
+            const __m256i c2   = _mm256_and_si256(_mm256_srlv_epi32(wv, shift2), m3);
+            const __m256i v2   = _mm256_shuffle_epi8(grid, c2);
+            const __m256i v8   = _mm256_shuffle_epi8(bc, _mm256_loadu_si256((const __m256i *) mpq2_avx2_ctrl_int8[h]));
+            const __m256i bits = _mm256_loadu_si256((const __m256i *) mpq2_avx2_bitmap[h]);
+            const __m256i sel  = _mm256_cmpeq_epi32(_mm256_and_si256(hdr, bits), bits);
+            const __m256i v    = _mm256_blendv_epi8(v2, v8, sel);
+
+            const __m256i code = _mm256_and_si256(_mm256_srlv_epi32(hdr, _mm256_loadu_si256((const __m256i *) mpq2_avx2_code_sh[h])), m7);
+            const __m256i mw   = _mm256_permutevar8x32_epi32(mult, code);
+
+            const __m256i a  = _mm256_loadu_si256((const __m256i *) yb[h].qs);
+            const __m256i av = _mm256_sign_epi8(v, v);
+            const __m256i sa = _mm256_sign_epi8(a, v);
+#if defined(MPQ2_AVX2_VNNI)
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+            p[h] = _mm256_mullo_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), av, sa), mw);
+#else
+            p[h] = _mm256_mullo_epi32(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), av, sa), mw);
+#endif
+#else
+            p[h] = _mm256_madd_epi16(_mm256_maddubs_epi16(av, sa), mw);
+#endif
+        }
+        const __m256 s0 = _mm256_permutevar8x32_ps(sc8, _mm256_set1_epi32(1));
+        const __m256 s1 = _mm256_permutevar8x32_ps(sc8, _mm256_set1_epi32(2));
+        acc0 = MPQ2_FMADD256(_mm256_cvtepi32_ps(p[0]), s0, acc0);
+        acc1 = MPQ2_FMADD256(_mm256_cvtepi32_ps(p[1]), s1, acc1);
+    }
+    const __m256 acc = _mm256_add_ps(acc0, acc1);
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    *s = _mm_cvtss_f32(r);
+}
+
+#if defined(MPQ2_AVX2_VNNI)
+#define MPQ2_VEC_DOT_SIMD_NAME "avx2_vnni"
+#else
+#define MPQ2_VEC_DOT_SIMD_NAME "avx2"
+#endif
+#define MPQ2_VEC_DOT_SIMD mpq2_vec_dot_q8_0_avx2
+
+#endif
