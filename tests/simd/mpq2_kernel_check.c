@@ -1,0 +1,200 @@
+// Standalone check of the MPQ2 x Q8_0 SIMD kernel against the scalar reference and an exact
+// float64 sum, without building llama.cpp: compile with ggml_ext/src/ggml-cpu-mpq2.c and
+// ggml-mpq2.c for any target (x86 native, -mavx2, aarch64 under qemu). Driven by
+// tests/test_simd_harness.py; by hand:
+//
+//   L=build/llama.cpp-src/ggml
+//   cc -O2 -march=native -I$L/include -I$L/src -I$L/src/ggml-cpu -Iggml_ext/include
+//      tests/simd/mpq2_kernel_check.c ggml_ext/src/ggml-cpu-mpq2.c ggml_ext/src/ggml-mpq2.c -lm -o check
+//   ./check            # prints the kernel name and "OK ..." (exit 0) or the failing cases (exit 1)
+#include "mpq2_support.h"
+
+void ggml_vec_dot_mpq2_q8_0(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);
+void ggml_vec_dot_mpq2_q8_0_generic(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);
+
+#define MAX_N (64*256)
+#define REL_TOL 1e-5
+
+static block_mpq2 X[MAX_N / QK_MPQ2];
+static block_q8_0 Y[MAX_N / QK8_0];
+static float      F[MAX_N];
+
+static int    n_cases, n_fail, n_exact;
+static double worst_rel;
+
+// Exact dot in float64 from the integers, and the sum of |terms| (the scale of rounding error).
+static double reference(int n, double * abs_sum) {
+    double sum = 0.0, asum = 0.0;
+    for (int ib = 0; ib < n / QK_MPQ2; ++ib) {
+        const double dx = ggml_fp16_to_fp32(X[ib].d);
+        for (int h = 0; h < 2; ++h) {
+            const double dy = ggml_fp16_to_fp32(Y[2*ib + h].d);
+            int64_t si = 0, sa = 0;
+            for (int w = 2*h; w < 2*h + 2; ++w) {
+                const uint32_t q = X[ib].qs[w];
+                const int m = mpq2_scale_mult[(X[ib].meta >> MPQ2_SCALE_SHIFT(w)) & 7];
+                for (int i = 0; i < 16; ++i) {
+                    const int v = (X[ib].meta >> w & 1) ? (int8_t) (q >> (8*(i >> 2)))
+                                                        : mpq2_grid2[(q >> (8*(i & 3) + 2*(i >> 2))) & 3];
+                    const int a = Y[2*ib + h].qs[(w & 1)*16 + i];
+                    si += (int64_t) m * v * a;
+                    sa += llabs((int64_t) m * v * a);
+                }
+            }
+            sum  += dx * dy * (double) si;
+            asum += fabs(dx * dy) * (double) sa;
+        }
+    }
+    *abs_sum = asum;
+    return sum;
+}
+
+static void check(const char * what, int n) {
+    float got = NAN, gen = NAN;
+    ggml_vec_dot_mpq2_q8_0(n, &got, 0, X, 0, Y, 0, 1);
+    ggml_vec_dot_mpq2_q8_0_generic(n, &gen, 0, X, 0, Y, 0, 1);
+    double asum;
+    const double ref = reference(n, &asum);
+    const double tol = REL_TOL * asum + 1e-30;
+    const double err = fabs((double) got - ref), gerr = fabs((double) gen - ref);
+    n_cases++;
+    if (asum > 0 && err / asum > worst_rel) worst_rel = err / asum;
+    // with unit scales every partial sum is an exact integer below 2^24: no rounding at all
+    const int exact = ggml_fp16_to_fp32(X[0].d) == 1.0f && asum < 16777216.0;
+    if (exact) n_exact++;
+    if (!(err <= tol) || !(gerr <= tol) || (exact && (got != gen || (double) got != ref))) {
+        n_fail++;
+        if (n_fail <= 20) {
+            fprintf(stderr, "FAIL %-28s n=%5d simd=%.9g generic=%.9g ref=%.9g |simd-ref|/sum|terms|=%.3g%s\n",
+                    what, n, got, gen, ref, asum > 0 ? err / asum : err, exact ? " (must be exact)" : "");
+        }
+    }
+}
+
+static uint16_t rand_meta(int bitmap) {
+    return (uint16_t) ((mpq2_rand() & 0xFFF0) | (bitmap < 0 ? (mpq2_rand() & 15) : (uint64_t) bitmap));
+}
+
+static uint16_t rand_scale(void) {  // positive fp16 from ~1e-4 to ~4
+    return ggml_fp32_to_fp16(expf(-9.0f + 10.0f * mpq2_randf()));
+}
+
+static void fill_random(int n, int bitmap, int amax) {
+    for (int ib = 0; ib < n / QK_MPQ2; ++ib) {
+        X[ib].d = rand_scale();
+        X[ib].meta = rand_meta(bitmap);
+        for (int w = 0; w < 4; ++w) X[ib].qs[w] = (uint32_t) mpq2_rand();
+    }
+    for (int ib = 0; ib < n / QK8_0; ++ib) {
+        Y[ib].d = ggml_fp32_to_fp16((mpq2_rand() & 1 ? -1.0f : 1.0f) * expf(-9.0f + 10.0f * mpq2_randf()));
+        for (int i = 0; i < QK8_0; ++i) Y[ib].qs[i] = (int8_t) ((int) (mpq2_rand() % (2*amax + 1)) - amax);
+    }
+}
+
+static void set_unit_scales(int n) {
+    for (int ib = 0; ib < n / QK_MPQ2; ++ib) X[ib].d = 0x3C00;
+    for (int ib = 0; ib < n / QK8_0; ++ib) Y[ib].d = 0x3C00;
+}
+
+// Every weight and activation at the end of its range: int8 words +-127 (and -128, which the
+// encoder never writes but the kernel must still take), 2-bit words +-24, multiplier 40.
+static void fill_extreme(int n, int variant) {
+    for (int ib = 0; ib < n / QK_MPQ2; ++ib) {
+        X[ib].d = variant & 4 ? 0x7BFF : 0x3C00;  // 65504 or 1
+        X[ib].meta = (uint16_t) (0xFFF0 | (variant & 1 ? 0xF : (ib & 1 ? 0x5 : 0xA)));
+        for (int w = 0; w < 4; ++w) {
+            const int int8 = X[ib].meta >> w & 1;
+            uint32_t q;
+            switch (variant & 3) {
+                case 0:  q = int8 ? 0x81818181u : 0x00000000u; break;          // -127 / all code 0 (-24)
+                case 1:  q = (w & 1) ? 0x7F7F7F7Fu : 0x80808080u; break;      // +127 / -128
+                case 2:  q = int8 ? 0x7F7F7F7Fu : 0xFFFFFFFFu; break;          // +127 / all code 3 (+24)
+                default: q = int8 ? 0x817F817Fu : 0x33CC33CCu; break;          // alternating signs
+            }
+            X[ib].qs[w] = q;
+        }
+    }
+    for (int ib = 0; ib < n / QK8_0; ++ib) {
+        Y[ib].d = variant & 4 ? 0x7BFF : 0x3C00;
+        for (int i = 0; i < QK8_0; ++i) Y[ib].qs[i] = (int8_t) (variant & 2 ? ((i ^ ib) & 1 ? 127 : -127) : ((ib & 1) ? -127 : 127));
+    }
+}
+
+static void fill_quantized(int n, float salient) {
+    for (int i = 0; i < n; ++i) F[i] = mpq2_randn() * (i % 97 == 0 ? 20.0f : 1.0f);
+    quantize_mpq2_ex(F, X, 1, n, NULL, salient);
+    for (int i = 0; i < n; ++i) F[i] = mpq2_randn();
+    mpq2_quantize_q8_0(F, Y, n);
+}
+
+int main(int argc, char ** argv) {
+    mpq2_support_init();
+    if (argc > 1) mpq2_rng_state ^= strtoull(argv[1], NULL, 0) * 0x9E3779B97F4A7C15ull;
+    printf("kernel=%s\n", ggml_vec_dot_mpq2_q8_0_impl());
+
+    static const int lengths[] = { 64, 128, 192, 256, 320, 576, 896, 960, 1536, 4864, MAX_N };
+    static const struct { const char * name; int bitmap; } patterns[] = {
+        { "all 2-bit", 0x0 }, { "all int8", 0xF }, { "alternating 0101", 0x5 }, { "alternating 1010", 0xA },
+        { "first word int8", 0x1 }, { "last word int8", 0x8 }, { "random bitmap", -1 },
+    };
+    char what[64];
+    for (size_t il = 0; il < sizeof(lengths)/sizeof(lengths[0]); ++il) {
+        const int n = lengths[il];
+        for (size_t ip = 0; ip < sizeof(patterns)/sizeof(patterns[0]); ++ip) {
+            for (int rep = 0; rep < 4; ++rep) {
+                fill_random(n, patterns[ip].bitmap, 127);
+                check(patterns[ip].name, n);
+            }
+            fill_random(n, patterns[ip].bitmap, 1);
+            set_unit_scales(n);
+            snprintf(what, sizeof what, "%s, unit scales", patterns[ip].name);
+            check(what, n);
+        }
+        for (int variant = 0; variant < 8; ++variant) {
+            fill_extreme(n, variant);
+            snprintf(what, sizeof what, "extreme values #%d", variant);
+            check(what, n);
+        }
+        static const float salient[] = { 0.0f, 0.125f, 0.5f, 1.0f };
+        for (int is = 0; is < 4; ++is) {
+            fill_quantized(n, salient[is]);
+            snprintf(what, sizeof what, "quantized, salient %.3f", salient[is]);
+            check(what, n);
+        }
+        // zero and subnormal scales
+        fill_random(n, -1, 127);
+        for (int ib = 0; ib < n / QK_MPQ2; ++ib) X[ib].d = (uint16_t) (ib % 3 == 0 ? 0x0000 : ib % 3 == 1 ? 0x0001 : 0x03FF);
+        check("zero/subnormal d", n);
+    }
+    // every multiple of 64 up to 64*64, random bitmaps
+    for (int n = 64; n <= 64*64; n += 64) {
+        fill_random(n, -1, 127);
+        check("random, all lengths", n);
+    }
+    // misaligned rows: blocks at any 4-byte offset (rows of a GGUF matrix start every 20*k bytes)
+    {
+        const int n = 576;
+        static block_mpq2 save[MAX_N / QK_MPQ2];
+        fill_random(n, -1, 127);
+        memcpy(save, X, sizeof(block_mpq2) * (n / QK_MPQ2));
+        float a = NAN, b = NAN;
+        ggml_vec_dot_mpq2_q8_0(n, &a, 0, X, 0, Y, 0, 1);
+        for (int off = 4; off < 64; off += 4) {
+            static uint32_t buf[MAX_N];
+            memcpy((char *) buf + off, save, sizeof(block_mpq2) * (n / QK_MPQ2));
+            ggml_vec_dot_mpq2_q8_0(n, &b, 0, (char *) buf + off, 0, Y, 0, 1);
+            n_cases++;
+            if (a != b) {
+                n_fail++;
+                fprintf(stderr, "FAIL offset %d changes the result: %.9g vs %.9g\n", off, b, a);
+            }
+        }
+    }
+    if (n_exact < 50) {
+        fprintf(stderr, "FAIL only %d cases checked for exactness\n", n_exact);
+        n_fail++;
+    }
+    printf("%s: %d cases (%d exact), %d failed, worst |simd-ref|/sum|terms| = %.3g (tolerance %.0e)\n",
+           n_fail ? "FAILED" : "OK", n_cases, n_exact, n_fail, worst_rel, REL_TOL);
+    return n_fail ? 1 : 0;
+}
