@@ -113,12 +113,12 @@ class MPQ2GPTQ:
         self.nsamples = 0
 
     def add_batch(self, inp: torch.Tensor) -> None:
-        x = inp.reshape(-1, self.cols).to(torch.float64)
+        x = inp.reshape(-1, self.cols).to(torch.float32)
         n = x.shape[0]
         self.H *= self.nsamples / (self.nsamples + n)
         self.nsamples += n
-        x = x * np.sqrt(2.0 / self.nsamples)
-        self.H += x.T @ x
+        x = x * float(np.sqrt(2.0 / self.nsamples))
+        self.H += (x.T @ x).to(torch.float64)   # float32 products, float64 running sum
 
     def fasterquant(self, weight: torch.Tensor, cfg: QuantConfig) -> QuantResult:
         if cfg.block_size % QK:
