@@ -4,6 +4,7 @@ generate with the sampler chain, chat with the GGUF's template, perplexity again
 llama-perplexity, last_logits), read_tensor, resources and errors, and the command line."""
 from __future__ import annotations
 
+import json
 import os
 import queue
 import subprocess
@@ -231,32 +232,44 @@ def test_read_tensor_from_quantized_model(tiny):
 
 # ---------------------------------------------------------------- resources and errors
 
-def _rss_mb() -> float:
+_RSS_SCRIPT = r"""
+import json, os, sys
+from pathlib import Path
+from llama_mpq2 import Model
+
+def rss_mb():
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+def once():
+    with Model(sys.argv[1], n_ctx=64, n_threads=1) as m:
+        m.eval(m.tokenize("the cat sees"))
+    assert m.closed
+
+for _ in range(5):
+    once()
+before = rss_mb()
+for _ in range(100):
+    once()
+after = rss_mb()
+kept = []
+for _ in range(20):           # the control: models kept alive must show up in the RSS
+    k = Model(sys.argv[1], n_ctx=64, n_threads=1)
+    k.eval(k.tokenize("the cat sees"))
+    kept.append(k)
+leaked = rss_mb()
+print(json.dumps({"before": before, "after": after, "leaked": leaked}))
+"""
 
 
 def test_load_free_100_times_rss_stable(tiny):
-    from llama_mpq2 import Model
-
-    def once():
-        with Model(tiny["mpq2"], n_ctx=64, n_threads=1) as m:
-            m.eval(m.tokenize("the cat sees"))
-        assert m.closed
-
-    for _ in range(5):
-        once()
-    before = _rss_mb()
-    for _ in range(100):
-        once()
-    grown = _rss_mb() - before
-    assert grown < 8.0, grown
-    # the measurement can see a leak: models kept alive do grow the RSS
-    kept = [Model(tiny["mpq2"], n_ctx=64, n_threads=1) for _ in range(10)]
-    for k in kept:
-        k.eval(k.tokenize("the cat sees"))
-    assert _rss_mb() - before > grown + 8.0
-    for k in kept:
-        k.close()
+    # in a fresh process: this one's heap holds torch's freed memory, which would hide growth
+    proc = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(tiny["mpq2"])], capture_output=True, text=True,
+                          timeout=300, env=_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    grown = r["after"] - r["before"]
+    assert grown < 8.0, r                     # 100 load/free cycles: flat, within a small slack
+    assert r["leaked"] - r["after"] > 16.0, r  # while 20 live models (~2 MB each) are visible
 
 
 def test_closed_model_and_thread_guard(tiny):
