@@ -41,6 +41,13 @@ static inline __m128 mpq2_x86_block_scales(const block_mpq2 * GGML_RESTRICT x, c
     return _mm_mul_ps(f, _mm_shuffle_ps(f, f, 0));
 }
 
+static inline float mpq2_x86_hsum256(const __m256 acc) {
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
 static inline uint32_t mpq2_x86_header(const block_mpq2 * GGML_RESTRICT x) {
     uint32_t h;  // d in bits 0..15, meta in bits 16..31
     memcpy(&h, x, sizeof(h));
@@ -215,7 +222,7 @@ static void mpq2_vec_dot_q8_0_avx512(int n, float * GGML_RESTRICT s, const block
                                                    _mm512_castps128_ps512(mpq2_x86_block_scales(x + ib, y + 2*ib)));
         acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pm), sc, acc1);
     }
-    *s = _mm512_reduce_add_ps(acc1) + _mm512_reduce_add_ps(_mm512_insertf32x8(_mm512_setzero_ps(), acc, 0));
+    *s = mpq2_x86_hsum256(acc) + _mm512_reduce_add_ps(acc1);
 }
 
 #if defined(__AVX512VNNI__)
@@ -307,11 +314,7 @@ static void mpq2_vec_dot_q8_0_avx2(int n, float * GGML_RESTRICT s, const block_m
         acc0 = MPQ2_FMADD256(_mm256_cvtepi32_ps(p[0]), s0, acc0);
         acc1 = MPQ2_FMADD256(_mm256_cvtepi32_ps(p[1]), s1, acc1);
     }
-    const __m256 acc = _mm256_add_ps(acc0, acc1);
-    __m128 r = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-    r = _mm_add_ss(r, _mm_movehdup_ps(r));
-    *s = _mm_cvtss_f32(r);
+    *s = mpq2_x86_hsum256(_mm256_add_ps(acc0, acc1));
 }
 
 #if defined(MPQ2_AVX2_VNNI)

@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""MPQ2 x Q8_0 dot-product throughput per x86 kernel, in GB/s of MPQ2 weight bytes, against a
+plain streaming read of the same bytes (bench/bench_vec_dot.c, one thread, one vec_dot call per
+row). Builds bench_vec_dot.c once per kernel (-march=native, then with features turned off) and
+prints a markdown table for docs/BENCHMARKS.md.
+
+    python3 bench/bench_vec_dot.py [--mib 64] [--n 4096] [--repeats 9] [--cache-mib 0.5]
+
+Needs a C compiler and the patched llama.cpp headers (LLAMA_MPQ2_SRC_DIR, or build/llama.cpp-src).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = [  # (label, flags); "scalar" is ggml_vec_dot_mpq2_q8_0_generic from the native build
+    ("-march=native", ["-march=native"]),
+    ("-march=native -mno-avx512vnni", ["-march=native", "-mno-avx512vnni"]),
+    ("-march=native -mno-avx512vbmi", ["-march=native", "-mno-avx512vbmi"]),
+    ("-mavx2 -mfma -mf16c", ["-mavx2", "-mfma", "-mf16c"]),
+]
+LINE = re.compile(r"^(.+?)\s+([\d.]+) MiB\s+min\s+([\d.]+) ms\s+median\s+([\d.]+) ms\s+->\s+([\d.]+) GB/s \(min\)\s+([\d.]+) GB/s")
+
+
+def llama_src() -> Path:
+    for c in (os.environ.get("LLAMA_MPQ2_SRC_DIR"), ROOT / "build/llama.cpp-src"):
+        if c and (Path(c) / "ggml/src/ggml-common.h").exists():
+            return Path(c)
+    raise SystemExit("patched llama.cpp source not found: set LLAMA_MPQ2_SRC_DIR or configure build/")
+
+
+def build(flags: list[str], out: Path) -> None:
+    g = llama_src() / "ggml"
+    subprocess.run(["cc", "-O3", "-std=gnu11", *flags, f"-I{g}/include", f"-I{g}/src", f"-I{g}/src/ggml-cpu",
+                    f"-I{ROOT}/ggml_ext/include", f"-I{ROOT}/tests/simd", str(ROOT / "bench/bench_vec_dot.c"),
+                    str(ROOT / "ggml_ext/src/ggml-cpu-mpq2.c"), str(ROOT / "ggml_ext/src/ggml-mpq2.c"),
+                    "-lm", "-o", str(out)], check=True)
+
+
+def measure(exe: Path, mib: float, n: int, repeats: int) -> dict[str, tuple[float, float]]:
+    out = subprocess.run([str(exe), str(mib), str(n), str(repeats)], check=True, capture_output=True, text=True).stdout
+    res = {}
+    for line in out.splitlines():
+        m = LINE.match(line)
+        if m:
+            res[m.group(1).strip()] = (float(m.group(5)), float(m.group(6)))
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mib", type=float, default=64.0, help="MiB of MPQ2 weights (well above the caches)")
+    ap.add_argument("--cache-mib", type=float, default=0.5, help="a second, cache-resident size (0: skip)")
+    ap.add_argument("--n", type=int, default=4096, help="row length (a multiple of 64)")
+    ap.add_argument("--repeats", type=int, default=9)
+    args = ap.parse_args()
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (label, flags) in enumerate(VARIANTS):
+            exe = Path(tmp) / f"bench{i}"
+            build(flags, exe)
+            for mib in [args.mib] + ([args.cache_mib] if args.cache_mib > 0 else []):
+                res = measure(exe, mib, args.n, args.repeats)
+                kernel = next(k for k in res if k.startswith("vec_dot ") and k != "vec_dot generic")
+                rows.append((mib, f"`{kernel.removeprefix('vec_dot ')}` (`{label}`)", res[kernel], res["stream read"]))
+                if i == 0:
+                    rows.append((mib, "`generic` scalar (`-march=native`)", res["vec_dot generic"], res["stream read"]))
+    print(f"row length {args.n}, {args.repeats} repeats, 1 thread; GB/s of MPQ2 weight bytes (20 bytes per 64 weights)\n")
+    print("| weights | kernel | GB/s min-time | GB/s median | stream read GB/s (median) | median / stream |")
+    print("|---|---|---|---|---|---|")
+    for mib, name, (gmin, gmed), (smin, smed) in sorted(rows, key=lambda r: -r[0]):
+        print(f"| {mib:g} MiB | {name} | {gmin:.2f} | {gmed:.2f} | {smed:.2f} | {gmed / smed:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

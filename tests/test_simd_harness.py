@@ -1,0 +1,108 @@
+"""Builds the standalone kernel check (tests/simd/mpq2_kernel_check.c) for every SIMD path we
+ship and runs it: x86 AVX-512 and AVX2 natively, AArch64 NEON (with and without dotprod) under
+qemu-user. Each run compares ggml_vec_dot_mpq2_q8_0 (the SIMD kernel for that target) with the
+scalar reference and an exact float64 sum.
+
+Needs the patched llama.cpp headers (LLAMA_MPQ2_SRC_DIR, else llama.cpp-src next to
+LLAMA_MPQ2_LIB_DIR, else build/llama.cpp-src) and, for AArch64, the Debian packages
+gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user: a missing tool fails the test, it is never
+skipped silently.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = [ROOT / "tests/simd/mpq2_kernel_check.c", ROOT / "ggml_ext/src/ggml-cpu-mpq2.c",
+           ROOT / "ggml_ext/src/ggml-mpq2.c"]
+CROSS_PACKAGES = "gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user"
+IS_X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+def llama_src() -> Path:
+    candidates = []
+    if os.environ.get("LLAMA_MPQ2_SRC_DIR"):
+        candidates.append(Path(os.environ["LLAMA_MPQ2_SRC_DIR"]))
+    if os.environ.get("LLAMA_MPQ2_LIB_DIR"):
+        candidates.append(Path(os.environ["LLAMA_MPQ2_LIB_DIR"]).parent / "llama.cpp-src")
+    candidates.append(ROOT / "build/llama.cpp-src")
+    for c in candidates:
+        if (c / "ggml/src/ggml-common.h").exists():
+            return c
+    pytest.fail(f"patched llama.cpp source not found (tried {[str(c) for c in candidates]}): "
+                f"configure the build first (cmake -B build) or set LLAMA_MPQ2_SRC_DIR")
+
+
+def cpu_flags() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def build(cc: str, flags: list[str], out: Path) -> Path:
+    ggml = llama_src() / "ggml"
+    cmd = [cc, "-O2", "-std=gnu11", "-Wall", "-Wno-unused-function", *flags,
+           f"-I{ggml}/include", f"-I{ggml}/src", f"-I{ggml}/src/ggml-cpu", f"-I{ROOT}/ggml_ext/include",
+           *map(str, SOURCES), "-lm", "-o", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, f"compile failed: {' '.join(cmd)}\n{r.stderr[-4000:]}"
+    return out
+
+
+def run(cmd: list[str], expect_kernel: str) -> str:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-4000:]}"
+    assert f"kernel={expect_kernel}\n" in r.stdout, f"expected kernel {expect_kernel}:\n{out}"
+    assert "OK:" in r.stdout
+    return out
+
+
+# (name, compiler flags, kernel it must select, CPU flags the host needs to run it)
+X86_TARGETS = [
+    ("native", ["-march=native"], None, []),
+    ("avx512-vbmi-vnni", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vbmi", "-mavx512vnni", "-mfma", "-mf16c"],
+     "avx512_vnni", ["avx512bw", "avx512vl", "avx512_vbmi", "avx512_vnni"]),
+    ("avx512-vnni", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mfma", "-mf16c"],
+     "avx512_vnni", ["avx512bw", "avx512vl", "avx512_vnni"]),
+    ("avx512", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-mf16c"], "avx512", ["avx512bw", "avx512vl"]),
+    ("avx2", ["-mavx2", "-mfma", "-mf16c"], "avx2", ["avx2", "fma", "f16c"]),
+    ("avx2-nof16c-nofma", ["-mavx2"], "avx2", ["avx2"]),
+    ("generic", ["-mno-avx2"], "generic", []),
+]
+
+
+@pytest.mark.skipif(not IS_X86, reason="x86 kernels run on x86 hosts (the AArch64 test covers ARM)")
+@pytest.mark.parametrize("name,flags,kernel,needs", X86_TARGETS, ids=[t[0] for t in X86_TARGETS])
+def test_x86_kernels(tmp_path, name, flags, kernel, needs):
+    host = cpu_flags()
+    missing = [f for f in needs if f" {f}" not in host]
+    exe = build(shutil.which("cc") or "gcc", flags, tmp_path / f"check-{name}")
+    if missing:
+        # compiled (so the code is checked to build for that target) but the host cannot run it
+        pytest.skip(f"host CPU lacks {missing}; built only")
+    if kernel is None:
+        r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
+        kernel = r.stdout.split("\n", 1)[0].removeprefix("kernel=")
+        if " avx2" in host:
+            assert kernel != "generic", "native build of an AVX2 host fell back to the scalar kernel"
+    print(run([str(exe)], kernel))
+
+
+@pytest.mark.parametrize("march,kernel", [("armv8.2-a+dotprod", "neon_dotprod"), ("armv8-a", "neon")])
+def test_aarch64_neon_under_qemu(tmp_path, march, kernel):
+    cc = shutil.which("aarch64-linux-gnu-gcc")
+    qemu = shutil.which("qemu-aarch64")
+    sysroot = Path("/usr/aarch64-linux-gnu")
+    if not cc or not qemu or not (sysroot / "lib").exists():
+        pytest.fail(f"AArch64 cross toolchain or qemu missing (aarch64-linux-gnu-gcc: {cc}, qemu-aarch64: {qemu}): "
+                    f"apt-get install -y {CROSS_PACKAGES}")
+    exe = build(cc, [f"-march={march}"], tmp_path / f"check-{march}")
+    print(run([qemu, "-L", str(sysroot), str(exe)], kernel))
