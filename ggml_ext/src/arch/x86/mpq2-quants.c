@@ -1,4 +1,5 @@
-// MPQ2 x Q8_0 dot product for x86: AVX-512 (BW, optionally VNNI) and AVX2 (optionally AVX-VNNI).
+// MPQ2 x Q8_0 dot product for x86: AVX-512 (F+BW+VL, optionally VBMI and VNNI) and AVX2
+// (optionally AVX-VNNI).
 //
 // Included by ggml_ext/src/ggml-cpu-mpq2.c (not compiled on its own); defines
 // MPQ2_VEC_DOT_SIMD and MPQ2_VEC_DOT_SIMD_NAME when a kernel applies to the target.
@@ -9,11 +10,15 @@
 //               dwords 0..3, masked with 3: byte k of dword j is the code of weight 4j + k;
 //               a pshufb into {-24, -8, 8, 24} makes the value.
 //   int8 word:  pshufb byte broadcast {0,0,0,0, 1,1,1,1, 2,2,2,2, 3,3,3,3} of the word.
-// and picks one per 128-bit lane with the word's bitmap bit. The int8 x int8 dot with the
+// and picks one per 128-bit lane with the word's bitmap bit. With AVX-512 VBMI the decode is
+// instead vpmultishiftqb + vpermb (see mpq2_vbmi_ctrl2 below). The int8 x int8 dot with the
 // activations uses the sign trick (|w| as u8, a * sign(w) as s8) with maddubs or dpbusd; each
 // word's int32 partial sums are multiplied (exactly, in integers) by the word multiplier,
 // converted to float (exact: |sum| <= 4*127*127*40 < 2^24) and accumulated with the fp16 scales
-// d * d_q8. Only the float accumulation order differs from ggml_vec_dot_mpq2_q8_0_generic.
+// d * d_q8. AVX-512 works on 4 blocks at a time: their (block, word) sums are reduced into one
+// zmm, multiplied at once, summed per Q8_0 half and scaled in one ymm (exact same integers as
+// the scalar sumi[h]). Only the float accumulation order differs from
+// ggml_vec_dot_mpq2_q8_0_generic.
 //
 // Activations must be in [-127, 127], as ggml's Q8_0 quantizer writes them (the sign trick
 // cannot negate -128). Weights may hold any bit pattern, -128 int8 codes included.
