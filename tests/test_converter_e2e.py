@@ -1,0 +1,181 @@
+"""convert_mpq.py end to end on tiny Llamas made here: output quality and agreement with torch,
+GGUF input, determinism, and every bad input giving a clear error and no output file."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import e2e_helpers as h
+import tiny_llama
+
+pytestmark = pytest.mark.slow
+CONVERT = h.REPO / "converter" / "convert_mpq.py"
+FAST = ["--nsamples", "8", "--seqlen", "64", "--quiet"]
+
+
+def convert(*args, check=True, timeout=600):
+    return h.run([sys.executable, CONVERT, *args], check=check, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("conv")
+    hf = tiny_llama.build(root / "hf")
+    f32 = h.hf_to_gguf_f32(hf, root / "f32.gguf")
+    text = root / "eval.txt"
+    text.write_text(tiny_llama.corpus(300, seed=7))
+    out = root / "mpq2.gguf"
+    proc = convert(hf, "-o", out, *FAST)
+    return {"root": root, "hf": hf, "f32": f32, "text": text, "out": out, "summary": proc.stdout}
+
+
+def gguf_tensors(path: Path) -> dict[str, tuple[str, bytes]]:
+    import gguf
+    return {t.name: (t.tensor_type.name, bytes(t.data)) for t in gguf.GGUFReader(path).tensors}
+
+
+def test_summary_and_types(tiny):
+    types = h.tensor_types(tiny["out"])
+    assert all(t == "MPQ2" for n, t in types.items() if n.startswith("blk.") and not n.endswith("norm.weight"))
+    assert types["token_embd.weight"] == "Q8_0"
+    lines = tiny["summary"].splitlines()
+    assert lines[0].split()[:3] == ["tensor", "type", "K"]
+    row = next(line for line in lines if line.startswith("blk.0.ffn_down.weight"))
+    assert row.split()[1] == "mpq2" and "/" in row.split()[2] and float(row.split()[-1]) < 0.5
+
+
+def test_better_than_round_to_nearest_mpq2(tiny):
+    rtn = tiny["root"] / "rtn.gguf"
+    h.run([h.tool("llama-quantize"), "--token-embedding-type", "q8_0", "--output-tensor-type", "q8_0",
+           tiny["f32"], rtn, "MPQ2", "2"])
+    ppl_f32 = h.perplexity(tiny["f32"], tiny["text"], 64)
+    ppl_rtn = h.perplexity(rtn, tiny["text"], 64)
+    ppl_ours = h.perplexity(tiny["out"], tiny["text"], 64)
+    assert ppl_ours < ppl_rtn, (ppl_f32, ppl_ours, ppl_rtn)
+    assert ppl_ours < 1.1 * ppl_f32, (ppl_f32, ppl_ours)
+
+
+def test_logits_match_torch_forward_with_dequantized_weights(tiny):
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from llama_mpq2.model import Model
+
+    hf = LlamaForCausalLM.from_pretrained(tiny["hf"], dtype=torch.float32)
+    sd = h.dequantized_state_dict(tiny["out"], hf.config.num_attention_heads, hf.config.num_key_value_heads)
+    hf.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in sd.items()}, strict=False)
+    with Model(tiny["out"], n_ctx=128, n_threads=2) as m:
+        tokens = m.tokenize("a small bird watches the moon by the sea . the farmer finds")
+        got = m.eval(tokens, all_logits=True)
+    with torch.no_grad():
+        want = hf(torch.tensor([tokens])).logits[0].numpy()
+    rel = np.abs(got - want) / want.std(axis=-1, keepdims=True)   # tolerance as in test_end_to_end.py
+    assert rel.mean() < 0.02 and rel.max() < 0.15, (rel.mean(), rel.max())
+
+
+def test_same_inputs_give_a_byte_identical_file(tiny):
+    again = tiny["root"] / "again.gguf"
+    convert(tiny["hf"], "-o", again, *FAST)
+    assert again.read_bytes() == tiny["out"].read_bytes()
+
+
+def test_gguf_input_gives_the_same_weights(tiny):
+    out = tiny["root"] / "from_gguf.gguf"
+    convert(tiny["f32"], "-o", out, *FAST)
+    a, b = gguf_tensors(tiny["out"]), gguf_tensors(out)
+    assert a.keys() == b.keys()
+    differ = [n for n in a if a[n] != b[n]]
+    assert not differ, differ
+
+
+def test_no_overwrite_without_force(tiny):
+    before = tiny["out"].read_bytes()
+    proc = convert(tiny["hf"], "-o", tiny["out"], *FAST, check=False)
+    assert proc.returncode == 1 and "--force" in proc.stderr
+    assert tiny["out"].read_bytes() == before
+
+
+def assert_clean_failure(proc, out: Path, *needles: str):
+    assert proc.returncode != 0
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith((f".{out.name}.", ".mpq2-"))]
+
+
+def test_missing_path(tmp_path):
+    out = tmp_path / "o.gguf"
+    assert_clean_failure(convert(tmp_path / "nope", "-o", out, check=False), out, "no such file")
+
+
+def test_directory_that_is_no_model(tmp_path):
+    out = tmp_path / "o.gguf"
+    (tmp_path / "empty").mkdir()
+    assert_clean_failure(convert(tmp_path / "empty", "-o", out, check=False), out, "no config.json")
+
+
+def test_unsupported_architecture(tiny, tmp_path):
+    bad = tmp_path / "gpt2ish"
+    shutil.copytree(tiny["hf"], bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["architectures"] = ["GPT2LMHeadModel"]
+    (bad / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "o.gguf"
+    assert_clean_failure(convert(bad, "-o", out, *FAST, check=False), out, "GPT2LMHeadModel", "not supported")
+
+
+def test_nan_weights(tiny, tmp_path):
+    from safetensors.numpy import load_file, save_file
+    bad = tmp_path / "nan"
+    shutil.copytree(tiny["hf"], bad)
+    tensors = load_file(bad / "model.safetensors")
+    tensors["model.layers.1.mlp.up_proj.weight"][3, 5] = np.nan
+    save_file(tensors, bad / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "o.gguf"
+    assert_clean_failure(convert(bad, "-o", out, *FAST, check=False), out, "model.layers.1.mlp.up_proj.weight", "NaN")
+
+
+def test_truncated_safetensors(tiny, tmp_path):
+    bad = tmp_path / "trunc"
+    shutil.copytree(tiny["hf"], bad)
+    st = bad / "model.safetensors"
+    st.write_bytes(st.read_bytes()[: st.stat().st_size // 2])
+    out = tmp_path / "o.gguf"
+    assert_clean_failure(convert(bad, "-o", out, *FAST, check=False), out, "cannot load the model")
+
+
+def test_rows_not_a_multiple_of_64_fall_back_to_q8_0(tmp_path):
+    hf = tiny_llama.build(tmp_path / "odd", intermediate=224, steps=5)
+    out = tmp_path / "odd.gguf"
+    proc = convert(hf, "-o", out, *FAST)
+    types = h.tensor_types(out)
+    assert types["blk.0.ffn_down.weight"] == "Q8_0" and types["blk.0.ffn_up.weight"] == "MPQ2"
+    assert "blk.0.ffn_down.weight" in proc.stdout
+    h.perplexity(out, tmp_path / "odd" / "train.txt", 64)  # llama.cpp loads and runs it
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_leaves_no_output(tiny, tmp_path, sig):
+    out = tmp_path / "o.gguf"
+    proc = subprocess.Popen([sys.executable, CONVERT, tiny["hf"], "-o", out, "--nsamples", "64", "--seqlen", "256"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(p.name.startswith(".mpq2-") for p in tmp_path.iterdir()):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".o.gguf.", ".mpq2-"))]
