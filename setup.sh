@@ -9,16 +9,22 @@ cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 JOBS=${JOBS:-$(nproc)}
 
+# Debian packages: a C/C++ toolchain, cmake and patch for the build; ccache for fast rebuilds;
+# the aarch64 cross compiler and qemu-user for the tests of the NEON kernels.
 need_apt=()
-for tool in cmake g++ patch; do command -v "$tool" >/dev/null || need_apt+=("$tool"); done
+command -v cmake >/dev/null || need_apt+=(cmake)
+command -v g++ >/dev/null || need_apt+=(build-essential)
+command -v patch >/dev/null || need_apt+=(patch)
 command -v ccache >/dev/null || need_apt+=(ccache)
+command -v aarch64-linux-gnu-gcc >/dev/null || need_apt+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+command -v qemu-aarch64 >/dev/null || need_apt+=(qemu-user)
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "setup: installing ${need_apt[*]} with apt-get"
-        apt-get update -qq && apt-get install -y -qq "${need_apt[@]/g++/build-essential}" >/dev/null
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
     else
-        echo "setup: please install ${need_apt[*]} (cmake, a C/C++ compiler and patch are required)" >&2
-        [[ " ${need_apt[*]} " == " ccache " ]] || exit 1
+        echo "setup: please install: ${need_apt[*]}" >&2
+        for tool in cmake g++ patch; do command -v "$tool" >/dev/null || exit 1; done
     fi
 fi
 
