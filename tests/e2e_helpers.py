@@ -51,6 +51,11 @@ _GGUF_TO_HF = [
     (r"output\.weight", "lm_head.weight"),
     (r"blk\.(\d+)\.attn_norm\.weight", "model.layers.{0}.input_layernorm.weight"),
     (r"blk\.(\d+)\.ffn_norm\.weight", "model.layers.{0}.post_attention_layernorm.weight"),
+    (r"blk\.(\d+)\.attn_q\.bias", "model.layers.{0}.self_attn.q_proj.bias"),
+    (r"blk\.(\d+)\.attn_k\.bias", "model.layers.{0}.self_attn.k_proj.bias"),
+    (r"blk\.(\d+)\.attn_v\.bias", "model.layers.{0}.self_attn.v_proj.bias"),
+    (r"blk\.(\d+)\.attn_q_norm\.weight", "model.layers.{0}.self_attn.q_norm.weight"),
+    (r"blk\.(\d+)\.attn_k_norm\.weight", "model.layers.{0}.self_attn.k_norm.weight"),
     (r"blk\.(\d+)\.attn_q\.weight", "model.layers.{0}.self_attn.q_proj.weight"),
     (r"blk\.(\d+)\.attn_k\.weight", "model.layers.{0}.self_attn.k_proj.weight"),
     (r"blk\.(\d+)\.attn_v\.weight", "model.layers.{0}.self_attn.v_proj.weight"),
@@ -79,13 +84,15 @@ def dequantized_state_dict(gguf_path: Path, n_head: int, n_head_kv: int) -> dict
     import gguf
     import mpq2.codec  # noqa: F401  registers MPQ2 with gguf.quants
     reader = gguf.GGUFReader(gguf_path)
+    field = reader.fields["general.architecture"]
+    permuted = bytes(field.parts[field.data[0]]).decode() == "llama"   # llama.cpp permutes Q/K for llama only
     out = {}
     for t in reader.tensors:
         w = gguf.quants.dequantize(t.data, t.tensor_type).reshape([int(d) for d in reversed(t.shape)])
         name = hf_name(t.name)
-        if t.name.endswith("attn_q.weight"):
+        if permuted and t.name.endswith(("attn_q.weight", "attn_q.bias")):
             w = unpermute(w, n_head)
-        elif t.name.endswith("attn_k.weight"):
+        elif permuted and t.name.endswith(("attn_k.weight", "attn_k.bias")):
             w = unpermute(w, n_head_kv)
         out[name] = np.ascontiguousarray(w, dtype=np.float32)
     return out

@@ -178,3 +178,28 @@ def test_interrupted_run_leaves_no_output(tiny, tmp_path, sig):
     assert "interrupted" in err
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".o.gguf.", ".mpq2-"))]
+
+
+@pytest.mark.parametrize("arch", ["mistral", "qwen2", "qwen3"])
+def test_other_supported_architectures(tmp_path, arch):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from llama_mpq2.model import Model
+
+    hf_dir = tiny_llama.build(tmp_path / arch, arch=arch, steps=40)
+    out = tmp_path / f"{arch}.gguf"
+    convert(hf_dir, "-o", out, *FAST)
+    types = h.tensor_types(out)
+    assert types["blk.1.ffn_down.weight"] == "MPQ2" and types["blk.0.attn_q.weight"] == "MPQ2"
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    sd = h.dequantized_state_dict(out, hf.config.num_attention_heads, hf.config.num_key_value_heads)
+    missing, unexpected = hf.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in sd.items()}, strict=False)
+    assert not unexpected and all("rotary" in m for m in missing), (missing, unexpected)
+    with Model(out, n_ctx=128, n_threads=1) as m:
+        tokens = m.tokenize("the farmer helps the teacher near the hill . a dog")
+        got = m.eval(tokens, all_logits=True)
+    with torch.no_grad():
+        want = hf(torch.tensor([tokens])).logits[0].numpy()
+    rel = np.abs(got - want) / want.std(axis=-1, keepdims=True)
+    assert rel.mean() < 0.02 and rel.max() < 0.15, (rel.mean(), rel.max())

@@ -29,12 +29,21 @@ def train_tokenizer(text_file: Path, prefix: Path, vocab_size: int = 320) -> Pat
     return prefix.with_suffix(".model")
 
 
+ARCHS = {  # architecture -> (config class, model class) in transformers
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+}
+
+
 def build(out_dir: Path, *, hidden: int = 128, intermediate: int = 384, layers: int = 2, heads: int = 4,
-          kv_heads: int = 2, steps: int = 150, seed: int = 0) -> Path:
+          kv_heads: int = 2, steps: int = 150, seed: int = 0, arch: str = "llama") -> Path:
     """Writes the model to out_dir and returns it. About 20 s on 2 cores."""
     import sentencepiece as spm
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
+    config_cls, model_cls = (getattr(transformers, name) for name in ARCHS[arch])
 
     out_dir.mkdir(parents=True, exist_ok=True)
     text_file = out_dir / "train.txt"
@@ -43,11 +52,12 @@ def build(out_dir: Path, *, hidden: int = 128, intermediate: int = 384, layers: 
     sp = spm.SentencePieceProcessor(model_file=str(sp_model))
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=sp.get_piece_size(), hidden_size=hidden, intermediate_size=intermediate,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                         max_position_embeddings=512, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
-                         tie_word_embeddings=False, rope_theta=10000.0)
-    model = LlamaForCausalLM(config)
+    extra = {"head_dim": hidden // heads} if arch == "qwen3" else {}
+    config = config_cls(vocab_size=sp.get_piece_size(), hidden_size=hidden, intermediate_size=intermediate,
+                        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                        max_position_embeddings=512, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
+                        tie_word_embeddings=False, rope_theta=10000.0, **extra)
+    model = model_cls(config)
     ids = torch.tensor([1] + sp.encode(text_file.read_text()), dtype=torch.long)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     seq, batch = 64, 16
