@@ -76,6 +76,12 @@ X86_TARGETS = [
     ("avx2", ["-mavx2", "-mfma", "-mf16c"], "avx2", ["avx2", "fma", "f16c"]),
     ("avx2-nof16c-nofma", ["-mavx2"], "avx2", ["avx2"]),
     ("generic", ["-mno-avx2"], "generic", []),
+    # our C code (reference quantizer, dequantizer, generic and SIMD dot) under AddressSanitizer
+    # and UndefinedBehaviorSanitizer: any report aborts the run and fails the test
+    ("native-asan-ubsan", ["-march=native", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+                           "-fno-omit-frame-pointer"], None, []),
+    ("generic-asan-ubsan", ["-mno-avx2", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"],
+     "generic", []),
 ]
 
 
