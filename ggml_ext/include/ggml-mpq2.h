@@ -60,6 +60,8 @@ GGML_API bool   mpq2_validate_row_data(const void * data, size_t nbytes);
 void quantize_row_mpq2(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);
 void ggml_vec_dot_mpq2_q8_0(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
                             const void * GGML_RESTRICT vy, size_t by, int nrc);
+// Name of the kernel ggml_vec_dot_mpq2_q8_0 runs on this build ("avx512_vnni", "neon", "generic", ...).
+const char * ggml_vec_dot_mpq2_q8_0_impl(void);
 void ggml_vec_dot_mpq2_q8_0_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
                                     const void * GGML_RESTRICT vy, size_t by, int nrc);
 

@@ -77,7 +77,6 @@ void ggml_vec_dot_mpq2_q8_0(int n, float * GGML_RESTRICT s, size_t bs, const voi
 
 // Which kernel ggml_vec_dot_mpq2_q8_0 is in this build ("generic", "avx2", "avx512_vnni",
 // "neon_dotprod", ...); for tests and benchmarks.
-const char * ggml_vec_dot_mpq2_q8_0_impl(void);
 const char * ggml_vec_dot_mpq2_q8_0_impl(void) {
 #if defined(MPQ2_VEC_DOT_SIMD)
     return MPQ2_VEC_DOT_SIMD_NAME;

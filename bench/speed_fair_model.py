@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Speed race on a fair model: a random-weight Llama whose every matrix row is a multiple of
+256 (hidden 2048, FFN 5632), so llama.cpp's 2-bit types are really themselves (the script fails
+if llama-quantize reports any fallback). Speed does not depend on the weight values.
+
+    python3 bench/speed_fair_model.py [--layers 12] [--threads 1,2] [--reps 3] [--types MPQ2,Q2_K,...]
+
+Writes the F16 model (tokenizer metadata copied from SmolLM2's GGUF), an imatrix, one --pure file
+per type, then runs one llama-bench over all files (-p 512 -n 128) and prints its Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import demo  # noqa: E402
+
+from llama_mpq2._libs import bin_path  # noqa: E402
+
+WORK = Path.home() / ".cache" / "mpq2" / "speed"
+TYPES = ["MPQ2", "Q2_K", "IQ2_XXS", "IQ2_XS", "Q2_0", "Q4_0"]
+
+
+def run(cmd, **kw):
+    cmd = [str(c) for c in cmd]
+    print("+", " ".join(cmd), file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def write_f16_model(out: Path, layers: int, hidden: int = 2048, ffn: int = 5632, heads: int = 16, kv_heads: int = 4) -> None:
+    import gguf
+    src = gguf.GGUFReader(demo.smollm2_gguf())
+    w = gguf.GGUFWriter(out, "llama")
+    w.add_name("fair-random-llama")
+    w.add_context_length(2048)
+    w.add_embedding_length(hidden)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_rope_dimension_count(hidden // heads)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    for field in src.fields.values():       # the real tokenizer, so llama-bench has a vocabulary
+        if field.name.startswith("tokenizer."):
+            vt = field.types[0]
+            st = field.types[-1] if vt == gguf.GGUFValueType.ARRAY else None
+            w.add_key_value(field.name, field.contents(), vt, sub_type=st)
+    vocab = len(src.fields["tokenizer.ggml.tokens"].data)
+    rng = np.random.default_rng(0)
+
+    def mat(rows, cols):
+        return (rng.standard_normal((rows, cols), dtype=np.float32) * 0.02).astype(np.float16)
+
+    w.add_tensor("token_embd.weight", mat(vocab, hidden))
+    w.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
+    w.add_tensor("output.weight", mat(vocab, hidden))
+    kv = hidden // heads * kv_heads
+    for i in range(layers):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(hidden, np.float32))
+        w.add_tensor(f"blk.{i}.attn_q.weight", mat(hidden, hidden))
+        w.add_tensor(f"blk.{i}.attn_k.weight", mat(kv, hidden))
+        w.add_tensor(f"blk.{i}.attn_v.weight", mat(kv, hidden))
+        w.add_tensor(f"blk.{i}.attn_output.weight", mat(hidden, hidden))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(hidden, np.float32))
+        w.add_tensor(f"blk.{i}.ffn_gate.weight", mat(ffn, hidden))
+        w.add_tensor(f"blk.{i}.ffn_up.weight", mat(ffn, hidden))
+        w.add_tensor(f"blk.{i}.ffn_down.weight", mat(hidden, ffn))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--types", default=",".join(TYPES))
+    args = ap.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    f16 = WORK / f"fair-{args.layers}L-f16.gguf"
+    if not f16.exists():
+        write_f16_model(f16, args.layers)
+    imat = WORK / f"fair-{args.layers}L-imatrix.gguf"
+    if not imat.exists():
+        text = WORK / "imatrix.txt"
+        text.write_text(" ".join(demo.__doc__.split()) * 200)
+        run([bin_path("llama-imatrix"), "-m", f16, "-f", text, "-c", "256", "--chunks", "2", "-o", imat, "--no-ppl"])
+    files = []
+    for typ in args.types.split(","):
+        out = WORK / f"fair-{args.layers}L-{typ.lower()}.gguf"
+        if not out.exists():
+            log = run([bin_path("llama-quantize"), "--pure", "--imatrix", imat, f16, out, typ]).stdout
+            if "falling back" in log:
+                out.unlink()
+                raise SystemExit(f"llama-quantize fell back to another type for {typ}: the race would not be fair")
+        files.append(out)
+    cmd = [bin_path("llama-bench"), "-p", "512", "-n", "128", "-t", args.threads, "-r", args.reps, "-o", "md"]
+    for f in files:
+        cmd += ["-m", f]
+    print(run(cmd).stdout)
+
+
+if __name__ == "__main__":
+    main()
