@@ -46,6 +46,9 @@ function(mpq2_prepare_llama_cpp out_dir)
     mpq2_read_pin(version sha256)
     set(patch ${CMAKE_CURRENT_SOURCE_DIR}/ggml_ext/patches/llama.cpp-mpq2.patch)
     set(src ${CMAKE_BINARY_DIR}/llama.cpp-src)
+    # a changed patch or pin re-runs this at the next build, not only at the next `cmake -B`
+    set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS
+                 ${patch} ${CMAKE_CURRENT_SOURCE_DIR}/ggml_ext/llama_cpp.pin)
     file(SHA256 ${patch} patch_hash)
     set(stamp_value "${patch_hash} ${MPQ2_LLAMA_CPP_DIR} ${version}")
     set(stamp ${src}/.mpq2-stamp)
@@ -62,13 +65,16 @@ function(mpq2_prepare_llama_cpp out_dir)
         if(NOT EXISTS ${MPQ2_LLAMA_CPP_DIR}/ggml/include/ggml.h)
             message(FATAL_ERROR "mpq2: MPQ2_LLAMA_CPP_DIR=${MPQ2_LLAMA_CPP_DIR} is not a llama.cpp checkout (no ggml/include/ggml.h)")
         endif()
-        message(STATUS "mpq2: copying ${MPQ2_LLAMA_CPP_DIR} into the build tree")
+        message(STATUS "mpq2: copying ${MPQ2_LLAMA_CPP_DIR} into the build tree (once: use a new build "
+                       "directory after changing that checkout)")
         file(COPY ${MPQ2_LLAMA_CPP_DIR}/ DESTINATION ${src} PATTERN ".git" EXCLUDE)
         set(origin "${MPQ2_LLAMA_CPP_DIR}")
     else()
         mpq2_fetch_sdist(${version} ${sha256} tarball)
         set(tmp ${CMAKE_BINARY_DIR}/llama.cpp-extract)
-        file(ARCHIVE_EXTRACT INPUT ${tarball} DESTINATION ${tmp}
+        # TOUCH: fresh timestamps, so objects built from an earlier extraction are rebuilt
+        # (ccache keeps that cheap) instead of looking newer than changed sources
+        file(ARCHIVE_EXTRACT INPUT ${tarball} DESTINATION ${tmp} TOUCH
              PATTERNS llama_cpp_python-${version}/vendor/llama.cpp)
         file(RENAME ${tmp}/llama_cpp_python-${version}/vendor/llama.cpp ${src})
         file(REMOVE_RECURSE ${tmp})
