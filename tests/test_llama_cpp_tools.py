@@ -46,3 +46,15 @@ def test_gguf_dump_names_the_type(tmp_path, rng):
     assert "MPQ2" in proc.stdout
     t = gguf.GGUFReader(path).tensors[0]
     np.testing.assert_array_equal(gguf.quants.dequantize(t.data, t.tensor_type), ggml.dequantize(ggml.quantize(w)))
+
+
+def test_build_stops_when_the_patch_does_not_apply(tmp_path):
+    import subprocess
+    fake = tmp_path / "llama.cpp"
+    (fake / "ggml" / "include").mkdir(parents=True)
+    (fake / "ggml" / "include" / "ggml.h").write_text("/* some other llama.cpp */\n")
+    proc = subprocess.run(["cmake", "-S", str(h.REPO), "-B", str(tmp_path / "build"),
+                           f"-DMPQ2_LLAMA_CPP_DIR={fake}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert "llama.cpp-mpq2.patch does not apply" in err and "llama-cpp-python==0.3.36" in err, err[-3000:]
