@@ -83,3 +83,23 @@ def test_validate_rejects_malformed_blocks(rng):
     assert not ggml.validate(bad)
     bad[2:4] = np.array([0x0000], "<u2").view(np.uint8)  # the same byte as 2-bit codes is fine
     assert ggml.validate(bad)
+
+
+def test_numpy_validation_agrees_with_c_on_random_blocks(rng):
+    q = rng.integers(0, 256, (4000, 20), dtype=np.uint8)
+    q[:, 1] &= rng.choice([0x3F, 0x7F, 0xFF], 4000).astype(np.uint8)   # mix of valid and invalid scales
+    for row in q:
+        assert (codec.find_invalid_block(row) is None) == ggml.validate(row)
+
+
+def test_reader_names_tensor_and_block_of_a_damaged_file(tmp_path, rng):
+    import gguf
+    from llama_mpq2 import gguf_io
+    path = tmp_path / "bad.gguf"
+    q = ggml.quantize(rng.standard_normal((4, 128)).astype(np.float32))
+    q[2, 20:22] = np.array([0x7E00], "<u2").view(np.uint8)          # row 2, block 1: NaN scale
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_tensor("blk.0.ffn_up.weight", q, raw_dtype=gguf.GGMLQuantizationType.MPQ2)
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    with pytest.raises(ValueError, match=r"blk\.0\.ffn_up\.weight.*nan scale at block 5"):
+        gguf_io.read_tensor(path, "blk.0.ffn_up.weight")

@@ -239,6 +239,27 @@ def dequantize(data: np.ndarray) -> np.ndarray:
     return y.reshape(*lead, -1).astype(F)
 
 
+def find_invalid_block(data: np.ndarray) -> tuple[int, str] | None:
+    """The first block that mpq2_validate_row_data rejects, with the reason, or None.
+    Mirrors the C checks: a NaN/Inf or negative scale; an int8 code -128 in a salient word."""
+    blocks = np.ascontiguousarray(data).view(np.uint8).reshape(-1, BLOCK_BYTES)
+    d = blocks[:, 0:2].copy().view("<u2")[:, 0].astype(np.uint32)
+    meta = blocks[:, 2:4].copy().view("<u2")[:, 0].astype(np.uint32)
+    nonfinite = (d & 0x7C00) == 0x7C00
+    negative = ((d & 0x8000) != 0) & ((d & 0x7FFF) != 0)
+    salient_bytes = np.repeat((meta[:, None] >> np.arange(WORDS, dtype=np.uint32)) & 1, 4, axis=1).astype(bool)
+    bad_code = ((blocks[:, 4:] == 0x80) & salient_bytes).any(axis=1)
+    bad = np.flatnonzero(nonfinite | negative | bad_code)
+    if bad.size == 0:
+        return None
+    i = int(bad[0])
+    if nonfinite[i]:
+        return i, "nan scale" if d[i] & 0x03FF else "inf scale"
+    if negative[i]:
+        return i, "negative scale"
+    return i, "int8 code -128 in a salient word"
+
+
 def split_fields(data: np.ndarray) -> dict[str, np.ndarray]:
     """The fields of MPQ2 blocks (..., k*20): d (float16), bitmap (bool per word), scale codes."""
     blocks = np.ascontiguousarray(data).view(np.uint8).reshape(-1, BLOCK_BYTES)

@@ -70,7 +70,13 @@ def read_tensor(path: str | os.PathLike, name: str) -> np.ndarray:
     dequantize_row_mpq2; other types through gguf.quants."""
     raw, info = read_tensor_bytes(path, name)
     if info.type_id == MPQ2_TYPE_ID:
+        from mpq2.codec import find_invalid_block
+
         from . import ggml
+        bad = find_invalid_block(raw)
+        if bad is not None:
+            raise ValueError(f"{path}: tensor {name!r} is damaged: {bad[1]} at block {bad[0]} "
+                             f"(byte offset {bad[0] * 20} in the tensor's data)")
         return ggml.dequantize(raw).reshape(info.shape)
     import gguf
     try:
