@@ -16,29 +16,20 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import demo  # noqa: E402  (smollm2_gguf)
+import demo  # noqa: E402
+from benchlib import run  # noqa: E402  (smollm2_gguf)
 
 from llama_mpq2._libs import bin_path  # noqa: E402
 
 WORK = Path.home() / ".cache" / "mpq2" / "bench"
 CONVERT = HERE.parent / "converter" / "convert_mpq.py"
 THREADS = 2
-
-
-def run(cmd, **kw) -> subprocess.CompletedProcess:
-    cmd = [str(c) for c in cmd]
-    print("+", " ".join(cmd), file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return proc
 
 
 def ptb_files() -> tuple[Path, Path]:

@@ -11,7 +11,6 @@ per type, then runs one llama-bench over all files (-p 512 -n 128) and prints it
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,20 +19,12 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import demo  # noqa: E402
+from benchlib import run  # noqa: E402
 
 from llama_mpq2._libs import bin_path  # noqa: E402
 
 WORK = Path.home() / ".cache" / "mpq2" / "speed"
 TYPES = ["MPQ2", "Q2_K", "IQ2_XXS", "IQ2_XS", "Q2_0", "Q4_0"]
-
-
-def run(cmd, **kw):
-    cmd = [str(c) for c in cmd]
-    print("+", " ".join(cmd), file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return proc
 
 
 def write_f16_model(out: Path, layers: int, hidden: int = 2048, ffn: int = 5632, heads: int = 16, kv_heads: int = 4) -> None:
