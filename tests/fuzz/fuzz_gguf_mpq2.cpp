@@ -1,0 +1,384 @@
+// libFuzzer target: GGUF files and raw MPQ2 blocks through the patched ggml.
+//
+// Built by tests/fuzz/build.py (clang, -fsanitize=fuzzer,address,undefined) from the patched
+// llama.cpp sources in build/llama.cpp-src (gguf.cpp, ggml.c, ggml-quants.c, ggml-threading.cpp)
+// and ours (ggml_ext/src/ggml-mpq2.c, ggml-cpu-mpq2.c). See docs/ROBUSTNESS.md.
+//
+// An input that starts with "GGUF" is a file:
+//   0. gguf_init_from_buffer without a ggml context, to screen out an upstream abort (below).
+//   1. gguf_init_from_buffer(no_alloc=true): header, key/values and tensor table only; every
+//      key, value and tensor info is read back through the getters.
+//   2. gguf_init_from_file_ptr(no_alloc=false) on the same bytes (fmemopen): tensor data read
+//      into a ggml context. Every tensor goes through ggml_validate_row_data (what llama.cpp's
+//      --check-tensors runs); for MPQ2 tensors also mpq2_validate_row_data, and only when that
+//      passes: dequantize_row_mpq2 and the vec_dot kernels (generic and this build's SIMD one)
+//      against a Q8_0 vector, row by row.
+// Any other input is raw MPQ2 bytes: validate, dequantize (any bit pattern must be memory
+// safe), and the dot products when validation passed.
+//
+// Oracles, besides the sanitizers: an independent decoder and validator written here from
+// docs/FORMAT.md must agree bit for bit with the C code; valid blocks decode to finite values;
+// both dot kernels agree with a double-precision sum over the dequantized row.
+//
+// Upstream limits avoided (docs/ROBUSTNESS.md):
+//  - a tensor shape that gguf.cpp accepts and ggml_new_tensor_impl aborts on (see
+//    ggml_new_tensor_would_abort); such inputs stop after pass 0.
+//  - with no_alloc=false, gguf.cpp allocates the data size the tensor table claims before it
+//    notices that the file is shorter: a few bytes can claim terabytes and GGML_ASSERT-abort in
+//    ggml_init. Pass 2 only runs when the claimed data ends within the input or at most
+//    MAX_MISSING_DATA bytes past it (so the "file too short" path is still exercised).
+//    llama.cpp's model loader uses no_alloc=true and checks the bounds itself.
+
+#include "ggml.h"
+#include "ggml-impl.h"    // gguf_type_size
+#include "gguf.h"
+#include "ggml-mpq2.h"
+
+#define GGML_COMMON_DECL_C
+#include "ggml-common.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+static constexpr size_t MAX_MISSING_DATA = 1u << 20;   // bytes a table may claim past the input in pass 2
+static constexpr int64_t MAX_DOT_ROWS = 4096;           // rows per tensor through dequantize/dot
+
+extern "C" {
+// simd-mappings.h falls back to this table on x86 without F16C; ggml-cpu.c (not linked) owns it.
+float ggml_table_f32_f16[1 << 16];
+}
+
+#define FUZZ_CHECK(cond, ...)                                                                        \
+    do {                                                                                             \
+        if (!(cond)) {                                                                               \
+            fprintf(stderr, "fuzz_gguf_mpq2: check failed: %s (%s:%d): ", #cond, __FILE__, __LINE__); \
+            fprintf(stderr, __VA_ARGS__);                                                            \
+            fprintf(stderr, "\n");                                                                   \
+            abort();                                                                                 \
+        }                                                                                            \
+    } while (0)
+
+// ---------------------------------------------------------------- reference from docs/FORMAT.md
+
+static float ref_fp16_to_fp32(uint16_t h) {
+    const uint32_t sign = (uint32_t) (h >> 15) << 31;
+    const uint32_t exp = (h >> 10) & 0x1F;
+    const uint32_t man = h & 0x3FF;
+    float mag;
+    if (exp == 0) {
+        mag = std::ldexp((float) man, -24);                     // zero and subnormals
+    } else if (exp == 0x1F) {
+        uint32_t bits = 0x7F800000u | (man << 13);              // inf / nan, payload kept
+        std::memcpy(&mag, &bits, 4);
+    } else {
+        mag = std::ldexp((float) (man | 0x400), (int) exp - 25);
+    }
+    uint32_t bits;
+    std::memcpy(&bits, &mag, 4);
+    bits |= sign;
+    std::memcpy(&mag, &bits, 4);
+    return mag;
+}
+
+static const int REF_MULT[8] = { 8, 10, 13, 16, 20, 25, 32, 40 };
+static const int REF_GRID[4] = { -24, -8, 8, 24 };
+
+static uint16_t rd16(const uint8_t * p) { return (uint16_t) (p[0] | p[1] << 8); }
+static uint32_t rd32(const uint8_t * p) { return (uint32_t) p[0] | (uint32_t) p[1] << 8 | (uint32_t) p[2] << 16 | (uint32_t) p[3] << 24; }
+
+// Value of weight j (0..63) of the 20-byte block at p, as FORMAT.md "Decoding one weight".
+static float ref_weight(const uint8_t * p, int j) {
+    const float dd = ref_fp16_to_fp32(rd16(p));
+    const uint16_t meta = rd16(p + 2);
+    const int w = j / 16, i = j % 16;
+    const uint32_t q = rd32(p + 4 + 4*w);
+    const int m = REF_MULT[(meta >> (4 + 3*w)) & 7];
+    int v;
+    if (meta >> w & 1) {
+        v = (int8_t) (uint8_t) (q >> (8*(i/4)));
+    } else {
+        v = REF_GRID[(q >> (8*(i % 4) + 2*(i/4))) & 3];
+    }
+    return dd * (float) (m * v);
+}
+
+// FORMAT.md "Validation": size a multiple of 20; d not NaN/Inf/negative; no -128 in an int8 word.
+static bool ref_valid(const uint8_t * p, size_t n) {
+    if (n % 20) {
+        return false;
+    }
+    for (size_t b = 0; b < n / 20; ++b, p += 20) {
+        const uint16_t d = rd16(p), meta = rd16(p + 2);
+        if ((d & 0x7C00) == 0x7C00 || ((d & 0x8000) && (d & 0x7FFF))) {
+            return false;
+        }
+        for (int w = 0; w < 4; ++w) {
+            for (int k = 0; w < 4 && (meta >> w & 1) && k < 4; ++k) {
+                if (p[4 + 4*w + k] == 0x80) {
+                    return false;
+                }
+            }
+        }
+    }
+    return true;
+}
+
+static bool same_float(float a, float b) {
+    return (std::isnan(a) && std::isnan(b)) || std::memcmp(&a, &b, sizeof(float)) == 0;
+}
+
+// ---------------------------------------------------------------- MPQ2 rows
+
+// Q8_0 activations for n weights (n % 64 == 0), in an exactly sized heap buffer.
+static block_q8_0 * make_q8_0(int64_t n, uint32_t seed) {
+    const int64_t nb = n / QK8_0;
+    block_q8_0 * y = (block_q8_0 *) malloc(nb * sizeof(block_q8_0));
+    uint32_t s = seed * 2654435761u + 1;
+    for (int64_t b = 0; b < nb; ++b) {
+        s = s * 1664525u + 1013904223u;
+        // scales 2^-8 .. 2^0 as fp16 (exact): 0x1C00 = 2^-8, step 0x0400 doubles
+        y[b].d = (ggml_half) (0x1C00 + 0x0400 * ((s >> 24) % 9));
+        for (int i = 0; i < QK8_0; ++i) {
+            s = s * 1664525u + 1013904223u;
+            y[b].qs[i] = (int8_t) ((int) ((s >> 16) % 255) - 127);      // -127..127, as ggml writes
+        }
+    }
+    return y;
+}
+
+// One row of nb blocks at `row` (exactly nb*20 bytes, heap): decode and, if valid, dot.
+static void check_row(const uint8_t * row, int64_t nb, bool valid, uint32_t seed) {
+    const int64_t n = nb * QK_MPQ2;
+    float * y = (float *) malloc((n ? n : 1) * sizeof(float));
+    dequantize_row_mpq2((const block_mpq2 *) row, y, n);
+    for (int64_t j = 0; j < n; ++j) {
+        const float r = ref_weight(row + (j / QK_MPQ2) * sizeof(block_mpq2), (int) (j % QK_MPQ2));
+        FUZZ_CHECK(same_float(y[j], r), "weight %lld: dequantize_row_mpq2 %a, FORMAT.md %a", (long long) j, y[j], r);
+        FUZZ_CHECK(!valid || std::isfinite(y[j]), "valid block %lld decodes to %a", (long long) (j / QK_MPQ2), y[j]);
+    }
+    if (valid && n > 0) {
+        block_q8_0 * a = make_q8_0(n, seed);
+        double ref = 0.0, mag = 0.0;
+        for (int64_t j = 0; j < n; ++j) {
+            const double t = (double) y[j] * ((double) ref_fp16_to_fp32(a[j / QK8_0].d) * a[j / QK8_0].qs[j % QK8_0]);
+            ref += t;
+            mag += std::fabs(t);
+        }
+        float s_generic = NAN, s_kernel = NAN;
+        ggml_vec_dot_mpq2_q8_0_generic((int) n, &s_generic, 0, row, 0, a, 0, 1);
+        ggml_vec_dot_mpq2_q8_0((int) n, &s_kernel, 0, row, 0, a, 0, 1);
+        const double tol = 1e-4 * mag + 1e-30;
+        FUZZ_CHECK(std::fabs(s_generic - ref) <= tol, "generic dot %.9g, reference %.9g (sum|t| %.3g, n %lld)",
+                   s_generic, ref, mag, (long long) n);
+        FUZZ_CHECK(std::fabs(s_kernel - ref) <= 10 * tol, "%s dot %.9g, reference %.9g (sum|t| %.3g, n %lld)",
+                   ggml_vec_dot_mpq2_q8_0_impl(), s_kernel, ref, mag, (long long) n);
+        free(a);
+    }
+    free(y);
+}
+
+static void fuzz_raw(const uint8_t * data, size_t size) {
+    // a copy in an exactly sized heap buffer, so that ASan sees any read past the last block
+    uint8_t * buf = (uint8_t *) malloc(size ? size : 1);
+    if (size) {
+        std::memcpy(buf, data, size);
+    }
+    const bool valid = mpq2_validate_row_data(buf, size);
+    FUZZ_CHECK(valid == ref_valid(buf, size), "mpq2_validate_row_data %d, FORMAT.md %d (%zu bytes)", valid, !valid, size);
+    FUZZ_CHECK(valid == ggml_validate_row_data(GGML_TYPE_MPQ2, buf, size), "ggml_validate_row_data disagrees");
+    const size_t nb = size / sizeof(block_mpq2);
+    if (nb > 0) {
+        uint8_t * blocks = (uint8_t *) malloc(nb * sizeof(block_mpq2));
+        std::memcpy(blocks, buf, nb * sizeof(block_mpq2));
+        check_row(blocks, (int64_t) nb, valid, (uint32_t) size);
+        free(blocks);
+    }
+    free(buf);
+}
+
+// ---------------------------------------------------------------- GGUF
+
+static void walk_metadata(const gguf_context * g) {
+    const int64_t n_kv = gguf_get_n_kv(g);
+    for (int64_t i = 0; i < n_kv; ++i) {
+        const char * key = gguf_get_key(g, i);
+        // a key with a NUL byte reads back shorter and may match an earlier key (docs/ROBUSTNESS.md)
+        const int64_t found = gguf_find_key(g, key);
+        FUZZ_CHECK(found >= 0 && found <= i && strcmp(gguf_get_key(g, found), key) == 0, "key %lld '%s' not found", (long long) i, key);
+        const gguf_type t = gguf_get_kv_type(g, i);
+        if (t == GGUF_TYPE_ARRAY) {
+            const gguf_type at = gguf_get_arr_type(g, i);
+            const size_t n = gguf_get_arr_n(g, i);
+            if (at == GGUF_TYPE_STRING) {
+                for (size_t k = 0; k < n && k < 256; ++k) {
+                    volatile size_t len = strlen(gguf_get_arr_str(g, i, k));
+                    (void) len;
+                }
+            } else if (n > 0) {
+                const uint8_t * p = (const uint8_t *) gguf_get_arr_data(g, i);
+                volatile uint8_t last = p[n * gguf_type_size(at) - 1];   // the whole array is readable
+                (void) last;
+            }
+        } else if (t == GGUF_TYPE_STRING) {
+            volatile size_t len = strlen(gguf_get_val_str(g, i));
+            (void) len;
+        } else {
+            const uint8_t * p = (const uint8_t *) gguf_get_val_data(g, i);
+            volatile uint8_t last = p[gguf_type_size(t) - 1];
+            (void) last;
+        }
+    }
+}
+
+// End of the tensor data the table claims, relative to the start of the input.
+static uint64_t walk_tensors(const gguf_context * g) {
+    const int64_t n = gguf_get_n_tensors(g);
+    const uint64_t align = gguf_get_alignment(g);
+    uint64_t expect = 0;    // gguf.cpp requires tensors back to back, each padded to the alignment
+    for (int64_t i = 0; i < n; ++i) {
+        const char * name = gguf_get_tensor_name(g, i);
+        const int64_t found = gguf_find_tensor(g, name);   // NUL bytes in names: as for keys
+        FUZZ_CHECK(found >= 0 && found <= i && strcmp(gguf_get_tensor_name(g, found), name) == 0,
+                   "tensor %lld '%s' not found", (long long) i, name);
+        const ggml_type type = gguf_get_tensor_type(g, i);
+        FUZZ_CHECK(type >= 0 && type < GGML_TYPE_COUNT && ggml_blck_size(type) > 0, "tensor '%s' type %d", name, (int) type);
+        FUZZ_CHECK(gguf_get_tensor_offset(g, i) == expect, "tensor '%s' at offset %zu, expected %llu", name,
+                   gguf_get_tensor_offset(g, i), (unsigned long long) expect);
+        const uint64_t nbytes = gguf_get_tensor_size(g, i);
+        expect += (nbytes + align - 1) / align * align;
+    }
+    const uint64_t start = gguf_get_data_offset(g);
+    return expect > UINT64_MAX - start ? UINT64_MAX : start + expect;
+}
+
+static void check_tensor(const ggml_tensor * t, uint32_t seed) {
+    const size_t nbytes = ggml_nbytes(t);
+    const bool valid = ggml_validate_row_data(t->type, t->data, nbytes);   // llama.cpp --check-tensors
+    if (t->type != GGML_TYPE_MPQ2) {
+        return;
+    }
+    FUZZ_CHECK(t->ne[0] % QK_MPQ2 == 0, "MPQ2 tensor '%s' with %lld weights per row was accepted", t->name, (long long) t->ne[0]);
+    const bool valid_mpq2 = mpq2_validate_row_data(t->data, nbytes);
+    FUZZ_CHECK(valid == valid_mpq2, "'%s': ggml_validate_row_data %d, mpq2_validate_row_data %d", t->name, valid, valid_mpq2);
+    FUZZ_CHECK(valid == ref_valid((const uint8_t *) t->data, nbytes), "'%s': validation differs from FORMAT.md", t->name);
+    if (!valid || nbytes == 0) {
+        return;     // (a row may be huge when there are no rows: ne = (2^40, 0))
+    }
+    const size_t row_bytes = ggml_row_size(t->type, t->ne[0]);
+    const int64_t nrows = (int64_t) (nbytes / row_bytes);
+    uint8_t * row = (uint8_t *) malloc(row_bytes);
+    for (int64_t r = 0; r < nrows && r < MAX_DOT_ROWS; ++r) {
+        std::memcpy(row, (const uint8_t *) t->data + r * row_bytes, row_bytes);
+        check_row(row, t->ne[0] / QK_MPQ2, true, seed + (uint32_t) r);
+    }
+    free(row);
+}
+
+// Upstream limit (docs/ROBUSTNESS.md): gguf.cpp's shape check multiplies by dimensions of 0 and
+// 1 and allows INT64_MAX / ne[i] == n, ggml_new_tensor_impl skips them and asserts
+// INT64_MAX / ne[i] > n: a shape such as (64, 0, 2^32, 2^32) passes the first and aborts in the
+// second as soon as a ggml context is asked for (llama.cpp's model loader asks for one).
+static bool ggml_new_tensor_would_abort(const int64_t * ne) {
+    int64_t n = ne[0];
+    for (int i = 1; i < GGML_MAX_DIMS; ++i) {
+        if (ne[i] > 1) {
+            if (!(INT64_MAX / ne[i] > n)) {
+                return true;
+            }
+            n *= ne[i];
+        }
+    }
+    return false;
+}
+
+static void fuzz_gguf(const uint8_t * data, size_t size) {
+    // pass 0: no ggml context, so no ggml_new_tensor; screens out the shapes it would abort on
+    gguf_context * g0 = gguf_init_from_buffer(data, size, { /*no_alloc =*/ true, /*ctx =*/ nullptr });
+    if (g0 == nullptr) {
+        return;
+    }
+    bool upstream_abort = false;
+    for (int64_t i = 0; i < gguf_get_n_tensors(g0); ++i) {
+        upstream_abort = upstream_abort || ggml_new_tensor_would_abort(gguf_get_tensor_ne(g0, i));
+    }
+    gguf_free(g0);
+    if (upstream_abort) {
+        return;
+    }
+
+    // pass 1: metadata and tensor table only
+    ggml_context * meta = nullptr;
+    gguf_context * g = gguf_init_from_buffer(data, size, { /*no_alloc =*/ true, /*ctx =*/ &meta });
+    if (g == nullptr) {
+        FUZZ_CHECK(meta == nullptr, "failed load left a ggml context");
+        return;
+    }
+    walk_metadata(g);
+    const uint64_t data_end = walk_tensors(g);
+    for (int64_t i = 0; i < gguf_get_n_tensors(g); ++i) {
+        FUZZ_CHECK(ggml_get_tensor(meta, gguf_get_tensor_name(g, i)) != nullptr, "tensor %lld missing from the context", (long long) i);
+    }
+    ggml_free(meta);
+    gguf_free(g);
+
+    if (data_end > size && data_end - size > MAX_MISSING_DATA) {
+        return;     // upstream limit: pass 2 would allocate data_end bytes first (see the header)
+    }
+
+    // pass 2: through the FILE * reader, with the tensor data
+    FILE * f = fmemopen((void *) data, size, "rb");
+    if (f == nullptr) {
+        return;
+    }
+    ggml_context * ctx = nullptr;
+    g = gguf_init_from_file_ptr(f, { /*no_alloc =*/ false, /*ctx =*/ &ctx });
+    fclose(f);
+    if (g == nullptr) {
+        FUZZ_CHECK(data_end > size, "pass 2 failed on a file whose data is complete (%llu <= %zu)",
+                   (unsigned long long) data_end, size);
+        return;
+    }
+    FUZZ_CHECK(data_end <= size, "pass 2 loaded data up to %llu from %zu bytes", (unsigned long long) data_end, size);
+    // the context holds the data blob first, then the tensors in file order (by position, not
+    // by name: names that differ only after a NUL byte read back alike)
+    ggml_tensor * blob = ggml_get_first_tensor(ctx);
+    FUZZ_CHECK(blob != nullptr, "no data blob");
+    int64_t i = 0;
+    for (ggml_tensor * t = ggml_get_next_tensor(ctx, blob); t != nullptr; t = ggml_get_next_tensor(ctx, t), ++i) {
+        FUZZ_CHECK(t->data != nullptr || ggml_nbytes(t) == 0, "tensor %lld has no data", (long long) i);
+        FUZZ_CHECK(ggml_nbytes(t) == 0 || ((const char *) t->data >= (const char *) blob->data &&
+                   (const char *) t->data + ggml_nbytes(t) <= (const char *) blob->data + ggml_nbytes(blob)),
+                   "tensor %lld lies outside the data blob", (long long) i);
+        check_tensor(t, (uint32_t) i);
+    }
+    FUZZ_CHECK(i == gguf_get_n_tensors(g), "%lld tensors in the context, %lld in the file", (long long) i,
+               (long long) gguf_get_n_tensors(g));
+    ggml_free(ctx);
+    gguf_free(g);
+}
+
+static void quiet_log(enum ggml_log_level, const char *, void *) {}
+
+extern "C" int LLVMFuzzerInitialize(int *, char ***) {
+    ggml_log_set(quiet_log, nullptr);
+    for (int i = 0; i < (1 << 16); ++i) {
+        const float r = ref_fp16_to_fp32((uint16_t) i);
+        ggml_table_f32_f16[i] = r;
+        FUZZ_CHECK(same_float(r, ggml_fp16_to_fp32((ggml_fp16_t) i)), "fp16 0x%04x: ggml %a, reference %a",
+                   i, ggml_fp16_to_fp32((ggml_fp16_t) i), r);
+    }
+    return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t * data, size_t size) {
+    if (size >= 4 && std::memcmp(data, "GGUF", 4) == 0) {
+        fuzz_gguf(data, size);
+    } else {
+        fuzz_raw(data, size);
+    }
+    return 0;
+}

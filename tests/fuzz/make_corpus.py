@@ -1,0 +1,71 @@
+"""Writes the seed corpus of the libFuzzer target into tests/fuzz/corpus/ (deterministic).
+
+    python3 tests/fuzz/make_corpus.py
+
+seed-gguf-*: small valid GGUFs with MPQ2 tensors, then truncated and corrupted variants of them;
+seed-raw-*: raw MPQ2 bytes (any input not starting with "GGUF"). Files named regress-* are inputs
+that once crashed the target (docs/ROBUSTNESS.md); this script leaves them alone.
+"""
+from __future__ import annotations
+
+import struct
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import gguf_damage as gd  # noqa: E402
+
+CORPUS = HERE / "corpus"
+
+
+def seeds() -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        base = gd.small_mpq2_gguf(Path(tmp) / "a.gguf").read_bytes()
+        aligned = gd.small_mpq2_gguf(Path(tmp) / "b.gguf", seed=1, alignment=64).read_bytes()
+    out["seed-gguf-valid"] = base
+    out["seed-gguf-valid-align64"] = aligned
+    for part, data in gd.truncations(base).items():
+        if data:
+            out[f"seed-gguf-truncated-{part}"] = data
+    up, down = "blk.0.ffn_up.weight", "blk.0.ffn_down.weight"
+    out["seed-gguf-nan-scale"] = gd.with_scale(base, up, 4, 0x7E00)
+    out["seed-gguf-inf-scale"] = gd.with_scale(base, up, 0, 0x7C00)
+    out["seed-gguf-negative-scale"] = gd.with_scale(base, down, 3, 0xBC00)
+    out["seed-gguf-negative-zero-scale"] = gd.with_scale(base, down, 1, 0x8000)       # valid
+    out["seed-gguf-int8-code-128"] = gd.with_int8_code(base, up, 2, 3, 1, -128)
+    out["seed-gguf-int8-code-127"] = gd.with_int8_code(base, up, 2, 3, 1, -127)      # valid
+    lay = gd.layout(base)
+    t = lay.tensor(up)
+    out["seed-gguf-row-96"] = gd.set_u64(base, t.ne_offsets[0], 96)                  # not a multiple of 64
+    out["seed-gguf-type-gap-95"] = gd.set_u32(base, t.type_offset, 95)
+    out["seed-gguf-offset-past-end"] = gd.set_u64(base, lay.tensors[-1].offset_offset, 1 << 40)
+    out["seed-gguf-rows-past-end"] = gd.set_u64(base, t.ne_offsets[1], 1 << 20)
+    # raw MPQ2 blocks
+    raw = bytes(gd.mpq2_bytes(2, 128, 7, 0.5).ravel())
+    out["seed-raw-valid-4-blocks"] = raw
+    out["seed-raw-19-bytes"] = raw[:19]
+    out["seed-raw-21-bytes"] = raw[:21]
+    out["seed-raw-nan-scale"] = struct.pack("<H", 0x7C01) + raw[2:40]
+    int8_all = bytearray(raw[:20])
+    int8_all[2:4] = struct.pack("<H", 0xFFFF)       # every word int8, every scale code 7
+    out["seed-raw-all-int8"] = bytes(int8_all)
+    int8_all[7] = 0x80
+    out["seed-raw-int8-code-128"] = bytes(int8_all)
+    return out
+
+
+def main() -> None:
+    CORPUS.mkdir(exist_ok=True)
+    for old in CORPUS.glob("seed-*"):
+        old.unlink()
+    for name, data in seeds().items():
+        (CORPUS / name).write_bytes(data)
+    print(f"{len(list(CORPUS.glob('seed-*')))} seeds, {len(list(CORPUS.glob('regress-*')))} regression inputs in {CORPUS}")
+
+
+if __name__ == "__main__":
+    main()
