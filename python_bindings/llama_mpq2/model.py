@@ -15,6 +15,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from ._gguf_guard import shape_that_aborts
 from ._llama import load
 
 ffi, lib = load()
@@ -104,6 +105,9 @@ class Model:
             raise ModelLoadError(f"not a file: {path}")
         if n_ctx < 1 or n_batch < 1:
             raise ValueError("n_ctx and n_batch must be positive")
+        bad_shape = shape_that_aborts(path)     # the one malformed table that aborts llama.cpp
+        if bad_shape:
+            raise ModelLoadError(f"llama.cpp could not load {path}: {bad_shape}")
         mparams = lib.llama_model_default_params()
         mparams.n_gpu_layers = 0
         mparams.check_tensors = bool(check_tensors)
