@@ -383,7 +383,7 @@ def test_cli_info_on_model(tiny):
             continue
         assert r["type"] == "MPQ2" and r["bpw"] == 2.5
         raw, _ = read_tensor_bytes(tiny["mpq2"], name)
-        meta = raw.reshape(-1, 20)[:, 2].astype(int)
+        meta = raw.reshape(-1, 20)[:, 0].astype(int)          # bitmap: bits 0..3 of byte 0
         frac = sum(((meta >> w) & 1).sum() for w in range(4)) / (4 * len(meta))
         assert r["salient_fraction"] == pytest.approx(frac, abs=1e-6)
     assert rows["blk.0.ffn_up.weight"]["shape"] == [384, 128]

@@ -18,10 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _salient_words(raw: np.ndarray) -> tuple[int, int]:
-    """Counts int8 words straight from the bytes (meta = bytes 2..3 of each 20-byte block, bits
+    """Counts int8 words straight from the bytes (meta = bytes 0..1 of each 20-byte block, bits
     0..3 = bitmap), independently of mpq2.codec."""
     blocks = raw.reshape(-1, 20)
-    meta = blocks[:, 2].astype(np.int64) | (blocks[:, 3].astype(np.int64) << 8)
+    meta = blocks[:, 0].astype(np.int64) | (blocks[:, 1].astype(np.int64) << 8)
     return int(sum(((meta >> w) & 1).sum() for w in range(4))), blocks.shape[0] * 4
 
 

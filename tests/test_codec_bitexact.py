@@ -69,11 +69,9 @@ def test_every_bitmap_pattern(rng):
     assert (codec.split_fields(q)["bitmap"] == pattern).all()
 
 
-def test_dequantize_matches_c_on_random_valid_bytes(rng):
-    q = rng.integers(0, 256, (50, 9 * BLOCK_BYTES), dtype=np.uint8).reshape(50, 9, BLOCK_BYTES)
-    d = rng.standard_normal((50, 9)).astype(np.float16)
-    q[..., 0:2] = np.abs(d).view(np.uint8).reshape(50, 9, 2)
-    q = q.reshape(50, -1)
+def test_dequantize_matches_c_on_random_bytes(rng):
+    # every header is a valid scale; int8 code -128 decodes too (only validation rejects it)
+    q = rng.integers(0, 256, (50, 9 * BLOCK_BYTES), dtype=np.uint8)
     np.testing.assert_array_equal(ggml.dequantize(q), codec.dequantize(q))
 
 

@@ -19,6 +19,7 @@ from llama_mpq2._libs import dlopen
 
 LENGTHS = [64, 128, 192, 576, 896, 4864]
 REL_TOL = 1e-5
+D_ONE = 160   # the block scale code of 1.0 (E6M2: 2^(160//4 - 40))
 
 _ffi = FFI()
 _ffi.cdef("""
@@ -70,12 +71,13 @@ def check_rows(q: np.ndarray, a: np.ndarray) -> None:
 
 def make_blocks(rng, rows: int, n: int, bitmap, *, words=None, d=None) -> np.ndarray:
     """Synthetic MPQ2 rows: bitmap = int (every block) or None (random per block); random words,
-    scale codes and positive fp16 scales unless given."""
+    scale and zero codes and block scale codes (2^-13 .. 2^2.8) unless given (d: a code)."""
     nb = n // 64
-    blk = np.zeros((rows, nb), dtype=[("d", "<u2"), ("meta", "<u2"), ("qs", "<u4", 4)])
+    blk = np.zeros((rows, nb), dtype=[("meta", "<u2"), ("zero", "u1"), ("d", "u1"), ("qs", "<u4", 4)])
     if d is None:
-        d = np.exp(rng.uniform(-9, 1, (rows, nb))).astype(np.float16)
-    blk["d"] = np.broadcast_to(np.asarray(d, np.float16), (rows, nb)).view(np.uint16)
+        d = rng.integers(108, 172, (rows, nb))
+    blk["d"] = np.broadcast_to(np.asarray(d, np.uint8), (rows, nb))
+    blk["zero"] = rng.integers(0, 256, (rows, nb), dtype=np.uint8)
     codes = rng.integers(0, 1 << 12, (rows, nb), dtype=np.uint32) << 4
     bits = rng.integers(0, 16, (rows, nb), dtype=np.uint32) if bitmap is None else np.full((rows, nb), bitmap, np.uint32)
     blk["meta"] = (codes | bits).astype(np.uint16)
@@ -125,10 +127,12 @@ def test_extreme_values(rng, n):
             bits = np.array([bitmap >> w & 1 for w in range(4)], bool)
             words = np.where(bits, word_int8, word_2bit).astype(np.uint32)
             q = make_blocks(rng, 2, n, bitmap, words=np.broadcast_to(words, (2, nb, 4)),
-                            d=np.float16(65504.0) if int8_byte == 0x7F else np.float16(1.0))
-            meta = q.reshape(2, nb, 20)[:, :, 2:4].copy().view("<u2")
+                            d=255 if int8_byte == 0x7F else D_ONE)      # 1.75 * 2^23 or 1
+            meta = q.reshape(2, nb, 20)[:, :, 0:2].copy().view("<u2")
             meta |= 0xFFF0  # every word at the largest multiplier, 40
-            q.reshape(2, nb, 20)[:, :, 2:4] = meta.view(np.uint8)
+            q.reshape(2, nb, 20)[:, :, 0:2] = meta.view(np.uint8)
+            # zero codes 2 (z = 32: code 0 -> -32) or 3 (z = 8: code 3 -> +40): the grid's ends
+            q.reshape(2, nb, 20)[:, :, 2] = 0xAA if two_bit == 0x00 else 0xFF
             for a in (np.full(n, 1.0), np.full(n, -3.0), np.tile([1.0, -1.0], n // 2)):
                 check_rows(q, a)  # activations quantize to +-127 exactly
 
@@ -137,7 +141,7 @@ def test_unit_scales_are_exact(rng):
     # d = 1 and activations +-127/128 (Q8_0 scale exactly 1/128, values -127, 0, 127): every
     # partial sum is an integer times 2^-7 below 2^24, so any summation order gives the same bits
     n = 4864
-    q = make_blocks(rng, 4, n, None, d=np.float16(1.0))
+    q = make_blocks(rng, 4, n, None, d=D_ONE)
     a = rng.integers(-1, 2, n).astype(np.float32) * np.float32(127 / 128)
     a[::32] = np.float32(127 / 128)
     a8 = ggml.quantize_q8_0(a)

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from .format import (BLOCK_BYTES, DEFAULT_SALIENT_FRACTION, GRID2, GRID_STEP, GROUP, MAX_MULT,
-                     QK, QTYPE, SCALE_MULT, WORDS, scale_shift)
+from .format import (BLOCK_BYTES, DEFAULT_SALIENT_FRACTION, GRID_STEP, GROUP, MAX_MULT, N_D_CODES,
+                     QK, QTYPE, SCALE_MULT, WORDS, ZERO2, d_from_code, scale_shift, zero_shift)
 
 F = np.float32
 N_FIT_STEPS = 16
-FP16_MAX = F(65504.0)
 ROWS_PER_CHUNK = 64
+ZERO_STEPS = (ZERO2.astype(F) / F(GRID_STEP)).astype(F)    # exact multiples of 1/16
+D40 = (d_from_code(np.arange(N_D_CODES)) * F(MAX_MULT)).astype(F)   # increasing
 
 
-def _code2(x: np.ndarray, s: np.ndarray) -> np.ndarray:
-    t = (x / s + F(3.0)) / F(2.0)
+def _code2(x: np.ndarray, s: np.ndarray, z) -> np.ndarray:
+    t = x / s + z
     return np.rint(np.fmin(np.fmax(t, F(0.0)), F(3.0))).astype(np.int32)
 
 
@@ -51,25 +52,26 @@ def _wsum(terms) -> np.ndarray:
 
 
 def _fit2(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Best unscaled 2-bit fit per word, as mpq2_fit2: (unit, error)."""
+    """Best unscaled 2-bit fit per word over every zero offset, as mpq2_fit2: (unit, error)."""
     amax = np.fmax.reduce(np.abs(x), axis=-1, initial=F(0.0)).astype(F)
-    best_s = (amax / F(3.0)).astype(F)
+    best_s = (amax * F(0.5)).astype(F)
     best_err = np.full(amax.shape, np.inf, F)
     live = amax > F(0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        for t in range(N_FIT_STEPS):
-            s = amax * (F(0.16) + F(0.012) * F(t))
-            l = (2 * _code2(x, s[..., None]) - 3).astype(F)
-            sxl = _wsum(w[..., i] * x[..., i] * l[..., i] for i in range(GROUP))
-            sll = _wsum(w[..., i] * l[..., i] * l[..., i] for i in range(GROUP))
-            ok = live & (sll > F(0.0)) & (sxl > F(0.0))
-            s2 = sxl / sll
-            l2 = (2 * _code2(x, s2[..., None]) - 3).astype(F)
-            diff = x - s2[..., None] * l2
-            err = _wsum(w[..., i] * diff[..., i] * diff[..., i] for i in range(GROUP))
-            better = ok & (err < best_err)
-            best_err = np.where(better, err, best_err)
-            best_s = np.where(better, s2, best_s)
+        for z in ZERO_STEPS:
+            for t in range(N_FIT_STEPS):
+                s = amax * (F(0.3) + F(0.025) * F(t))
+                l = (_code2(x, s[..., None], z).astype(F) - z).astype(F)
+                sxl = _wsum(w[..., i] * x[..., i] * l[..., i] for i in range(GROUP))
+                sll = _wsum(w[..., i] * l[..., i] * l[..., i] for i in range(GROUP))
+                ok = live & (sll > F(0.0)) & (sxl > F(0.0))
+                s2 = sxl / sll
+                l2 = (_code2(x, s2[..., None], z).astype(F) - z).astype(F)
+                diff = x - s2[..., None] * l2
+                err = _wsum(w[..., i] * diff[..., i] * diff[..., i] for i in range(GROUP))
+                better = ok & (err < best_err)
+                best_err = np.where(better, err, best_err)
+                best_s = np.where(better, s2, best_s)
     none = best_err == np.inf
     plain_err = _wsum(w[..., i] * x[..., i] * x[..., i] for i in range(GROUP))
     best_err = np.where(none, plain_err, best_err)
@@ -85,14 +87,15 @@ def _fit8(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (amax / F(127.0)).astype(F), err
 
 
-def _encode_words(x, w, salient, dd, j):
-    """Codes and weighted error of each word at block scale dd and scale codes j, as
-    mpq2_encode_word. dd, j, salient: (rows, words)."""
+def _encode_words(x, w, salient, dd, j, zc):
+    """Codes and weighted error of each word at block scale dd, scale codes j and zero codes
+    zc, as mpq2_encode_word. dd, j, zc, salient: (rows, words)."""
     m = SCALE_MULT[j]
+    zint = ZERO2[zc]
     c8 = _code8(_means4(x, w), (dd * m.astype(F))[..., None])
-    c2 = _code2(x, (dd * (m * GRID_STEP).astype(F))[..., None])
+    c2 = _code2(x, (dd * (m * GRID_STEP).astype(F))[..., None], ZERO_STEPS[zc][..., None])
     v8 = np.repeat(m[..., None] * c8, 4, axis=-1)
-    v2 = m[..., None] * GRID2[c2]
+    v2 = m[..., None] * (GRID_STEP * c2 - zint[..., None])
     diff = x - dd[..., None] * np.where(salient[..., None], v8, v2).astype(F)
     err = _wsum(w[..., i] * diff[..., i] * diff[..., i] for i in range(GROUP))
     return c8, c2, err
@@ -125,66 +128,76 @@ def select_candidates(sal: np.ndarray, fraction: float) -> np.ndarray:
     return cand
 
 
+def d_codes(umax: np.ndarray) -> np.ndarray:
+    """Smallest block scale code whose largest multiplier reaches umax, as mpq2_d_code."""
+    code = np.searchsorted(D40, umax, side="left")
+    return np.minimum(code, N_D_CODES - 1).astype(np.int32)
+
+
 def choose_scales(x: np.ndarray, w: np.ndarray, salient: np.ndarray, unit: np.ndarray):
-    """Block scales and per-word scale codes, as mpq2_quantize_block.
+    """Block scale codes and per-word scale and zero codes, as mpq2_quantize_block.
 
     x: (rows, words, 16) float32, w broadcastable to x, salient/unit: (rows, words).
-    Returns d16 (rows, blocks) float16, scale codes j (rows, words), and the codes at those
-    scales: int8 means c8 (rows, words, 4) and 2-bit codes c2 (rows, words, 16).
+    Returns dcode (rows, blocks) int32, scale codes j and zero codes z (rows, words), and the
+    codes at those scales: int8 means c8 (rows, words, 4) and 2-bit codes c2 (rows, words, 16).
     """
     rows, nw = salient.shape
     nb = nw // WORDS
     w = np.broadcast_to(w, x.shape)
     umax = np.fmax.reduce(unit.reshape(rows, nb, WORDS), axis=-1, initial=F(0.0)).astype(F)
-    d16 = np.fmin(umax / F(MAX_MULT), FP16_MAX).astype(np.float16)
-    dd = np.repeat(d16.astype(F), WORDS, axis=-1)              # (rows, words)
+    dcode = d_codes(umax)
+    dd = np.repeat(d_from_code(dcode), WORDS, axis=-1)          # (rows, words)
     best_err = np.full(salient.shape, np.inf, F)
     best_j = np.zeros(salient.shape, np.int32)
+    best_z = np.zeros(salient.shape, np.int32)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for j in range(len(SCALE_MULT)):
-            _, _, err = _encode_words(x, w, salient, dd, np.full(salient.shape, j))
-            better = err < best_err
-            best_err = np.where(better, err, best_err)
-            best_j = np.where(better, j, best_j)
-        c8, c2, _ = _encode_words(x, w, salient, dd, best_j)
-    live = dd > F(0.0)
-    best_j = np.where(live, best_j, 0)
-    c8 = np.where(live[..., None], c8, 0)
-    c2 = np.where(live[..., None], c2, 0)
-    return d16, best_j, c8, c2
+            for z in range(len(ZERO2)):
+                _, _, err = _encode_words(x, w, salient, dd, np.full(salient.shape, j), np.full(salient.shape, z))
+                better = (err < best_err) & (~salient | (z == 0))   # int8 words try zero code 0 only
+                best_err = np.where(better, err, best_err)
+                best_j = np.where(better, j, best_j)
+                best_z = np.where(better, z, best_z)
+        c8, c2, _ = _encode_words(x, w, salient, dd, best_j, best_z)
+    return dcode, best_j, best_z, c8, c2
 
 
-def pack(d16: np.ndarray, scale_code: np.ndarray, salient: np.ndarray, c8: np.ndarray, c2: np.ndarray) -> np.ndarray:
-    """MPQ2 bytes (rows, blocks*20) from fields: d16 (rows, blocks), scale_code and salient
-    (rows, words), c8 (rows, words, 4) int8 means, c2 (rows, words, 16) 2-bit codes."""
+def pack(dcode: np.ndarray, scale_code: np.ndarray, zero_code: np.ndarray, salient: np.ndarray,
+         c8: np.ndarray, c2: np.ndarray) -> np.ndarray:
+    """MPQ2 bytes (rows, blocks*20) from fields: dcode (rows, blocks), scale_code, zero_code and
+    salient (rows, words), c8 (rows, words, 4) int8 means, c2 (rows, words, 16) 2-bit codes."""
     rows, nw = salient.shape
     nb = nw // WORDS
     words = _pack_words(c8, c2, salient)
     wpos = np.arange(WORDS, dtype=np.uint32)
     shifts = np.array([scale_shift(k) for k in range(WORDS)], np.uint32)
+    zshifts = np.array([zero_shift(k) for k in range(WORDS)], np.uint32)
     meta = ((salient.reshape(rows, nb, WORDS).astype(np.uint32) << wpos)
             | (scale_code.reshape(rows, nb, WORDS).astype(np.uint32) << shifts))
     meta = np.bitwise_or.reduce(meta, axis=-1)
+    zero = np.bitwise_or.reduce(zero_code.reshape(rows, nb, WORDS).astype(np.uint32) << zshifts, axis=-1)
     out = np.empty((rows, nb, BLOCK_BYTES), np.uint8)
-    out[..., 0:2] = d16.astype(np.float16).view(np.uint8).reshape(rows, nb, 2)
-    out[..., 2:4] = meta.astype("<u2")[..., None].view(np.uint8).reshape(rows, nb, 2)
+    out[..., 0:2] = meta.astype("<u2")[..., None].view(np.uint8).reshape(rows, nb, 2)
+    out[..., 2] = zero.astype(np.uint8)
+    out[..., 3] = dcode.astype(np.uint8)
     out[..., 4:] = words.reshape(rows, nb, WORDS).astype("<u4").view(np.uint8).reshape(rows, nb, 4 * WORDS)
     return out.reshape(rows, nb * BLOCK_BYTES)
 
 
-def decoded_values(d16: np.ndarray, scale_code: np.ndarray, salient: np.ndarray, c8: np.ndarray, c2: np.ndarray) -> np.ndarray:
+def decoded_values(dcode: np.ndarray, scale_code: np.ndarray, zero_code: np.ndarray, salient: np.ndarray,
+                   c8: np.ndarray, c2: np.ndarray) -> np.ndarray:
     """The float32 weights (rows, words, 16) that pack(...) decodes to, computed as the C
     dequantizer does: dd * (float)(m * v)."""
-    dd = np.repeat(d16.astype(F), WORDS, axis=-1)[..., None]
+    dd = np.repeat(d_from_code(dcode), WORDS, axis=-1)[..., None]
     m = SCALE_MULT[scale_code][..., None]
-    v = np.where(salient[..., None], np.repeat(c8, 4, axis=-1), GRID2[c2])
+    v = np.where(salient[..., None], np.repeat(c8, 4, axis=-1), GRID_STEP * c2 - ZERO2[zero_code][..., None])
     return (dd * (m * v).astype(F)).astype(F)
 
 
 def encode_blocks(x: np.ndarray, w: np.ndarray, salient: np.ndarray, unit: np.ndarray) -> np.ndarray:
     """Packs words with a given bitmap and per-word target units, as mpq2_quantize_block."""
-    d16, scale_code, c8, c2 = choose_scales(x, w, salient, unit)
-    return pack(d16, scale_code, salient, c8, c2)
+    dcode, scale_code, zero_code, c8, c2 = choose_scales(x, w, salient, unit)
+    return pack(dcode, scale_code, zero_code, salient, c8, c2)
 
 
 def word_units(x: np.ndarray, w: np.ndarray, salient: np.ndarray) -> np.ndarray:
@@ -223,52 +236,45 @@ def dequantize(data: np.ndarray) -> np.ndarray:
     """MPQ2 bytes (..., k*20) -> float32 (..., k*64), as dequantize_row_mpq2."""
     data = np.ascontiguousarray(data).view(np.uint8)
     lead = data.shape[:-1]
-    blocks = data.reshape(-1, BLOCK_BYTES)
-    dd = blocks[:, 0:2].copy().view(np.float16).astype(F)            # (nb, 1)
-    meta = blocks[:, 2:4].copy().view("<u2").astype(np.int32)         # (nb, 1)
-    words = blocks[:, 4:].copy().view("<u4").astype(np.uint32)        # (nb, 4)
-    wpos = np.arange(WORDS)
-    salient = ((meta >> wpos) & 1).astype(bool)                        # (nb, 4)
-    mult = SCALE_MULT[(meta >> np.array([scale_shift(k) for k in wpos])) & 7]
+    f = split_fields(data)
+    dd = d_from_code(f["d_code"])[:, None, None]                      # (nb, 1, 1)
+    mult = SCALE_MULT[f["scale_code"]]                                  # (nb, 4)
+    zero = ZERO2[f["zero_code"]]
+    words = f["words"].astype(np.uint32)
     i = np.arange(GROUP)
-    c2 = (words[..., None] >> (8 * (i & 3) + 2 * (i >> 2)).astype(np.uint32)) & np.uint32(3)
-    v2 = GRID2[c2.astype(np.intp)]
+    c2 = ((words[..., None] >> (8 * (i & 3) + 2 * (i >> 2)).astype(np.uint32)) & np.uint32(3)).astype(np.int32)
+    v2 = GRID_STEP * c2 - zero[..., None]
     c8 = ((words[..., None] >> (8 * (i >> 2)).astype(np.uint32)) & np.uint32(0xFF)).astype(np.uint8).view(np.int8)
-    v = np.where(salient[..., None], c8.astype(np.int32), v2) * mult[..., None]
-    y = dd[:, :, None] * v.astype(F)
+    v = np.where(f["bitmap"][..., None], c8.astype(np.int32), v2) * mult[..., None]
+    y = dd * v.astype(F)
     return y.reshape(*lead, -1).astype(F)
 
 
 def find_invalid_block(data: np.ndarray) -> tuple[int, str] | None:
     """The first block that mpq2_validate_row_data rejects, with the reason, or None.
-    Mirrors the C checks: a NaN/Inf or negative scale; an int8 code -128 in a salient word."""
+    Mirrors the C check: an int8 code -128 in a salient word (every header is valid)."""
     blocks = np.ascontiguousarray(data).view(np.uint8).reshape(-1, BLOCK_BYTES)
-    d = blocks[:, 0:2].copy().view("<u2")[:, 0].astype(np.uint32)
-    meta = blocks[:, 2:4].copy().view("<u2")[:, 0].astype(np.uint32)
-    nonfinite = (d & 0x7C00) == 0x7C00
-    negative = ((d & 0x8000) != 0) & ((d & 0x7FFF) != 0)
+    meta = blocks[:, 0:2].copy().view("<u2")[:, 0].astype(np.uint32)
     salient_bytes = np.repeat((meta[:, None] >> np.arange(WORDS, dtype=np.uint32)) & 1, 4, axis=1).astype(bool)
-    bad_code = ((blocks[:, 4:] == 0x80) & salient_bytes).any(axis=1)
-    bad = np.flatnonzero(nonfinite | negative | bad_code)
+    bad = np.flatnonzero(((blocks[:, 4:] == 0x80) & salient_bytes).any(axis=1))
     if bad.size == 0:
         return None
-    i = int(bad[0])
-    if nonfinite[i]:
-        return i, "nan scale" if d[i] & 0x03FF else "inf scale"
-    if negative[i]:
-        return i, "negative scale"
-    return i, "int8 code -128 in a salient word"
+    return int(bad[0]), "int8 code -128 in a salient word"
 
 
 def split_fields(data: np.ndarray) -> dict[str, np.ndarray]:
-    """The fields of MPQ2 blocks (..., k*20): d (float16), bitmap (bool per word), scale codes."""
+    """The fields of MPQ2 blocks (..., k*20): block scale code and value, bitmap (bool per
+    word), scale codes, zero codes, words."""
     blocks = np.ascontiguousarray(data).view(np.uint8).reshape(-1, BLOCK_BYTES)
-    meta = blocks[:, 2:4].copy().view("<u2").astype(np.int32)[:, 0]
+    meta = blocks[:, 0:2].copy().view("<u2").astype(np.int32)[:, 0]
+    zero = blocks[:, 2].astype(np.int32)
     wpos = np.arange(WORDS)
     return {
-        "d": blocks[:, 0:2].copy().view(np.float16)[:, 0],
+        "d_code": blocks[:, 3].astype(np.int32),
+        "d": d_from_code(blocks[:, 3]),
         "bitmap": ((meta[:, None] >> wpos) & 1).astype(bool),
         "scale_code": (meta[:, None] >> np.array([scale_shift(k) for k in wpos])) & 7,
+        "zero_code": (zero[:, None] >> np.array([zero_shift(k) for k in wpos])) & 3,
         "words": blocks[:, 4:].copy().view("<u4"),
     }
 

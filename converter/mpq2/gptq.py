@@ -2,7 +2,8 @@
 
 Modelled on the GPTQ reference (one class: add_batch, fasterquant). MPQ2 differs from plain
 GPTQ in two ways: the salient words (bitmap) hold int8 means of 4 weights, fixed when their
-64-weight block's scales are chosen, and the 2-bit codes sit on a per-word scale. Every
+64-weight block's scales are chosen, and the 2-bit codes sit on a per-word affine grid (scale
+and zero offset chosen at the block's start, from the weights as updated so far). Every
 rounding error, salient or not, is pushed onto the not-yet-quantized columns through the
 Cholesky factor of H^-1, as METHOD.md section 4.
 """
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from . import codec
-from .format import GRID2, GRID_STEP, GROUP, QK, SCALE_MULT, WORDS
+from .format import GRID_STEP, GROUP, QK, SCALE_MULT, WORDS, ZERO2, d_from_code
 
 F = np.float32
 
@@ -71,16 +72,17 @@ def gate_salient(W: np.ndarray, importance: np.ndarray) -> np.ndarray:
 
 
 class BlockParams:
-    """Scales, scale codes and fixed int8 means of one 64-column block, for all rows."""
+    """Block scale, per-word scale and zero codes and fixed int8 means of one 64-column
+    block, for all rows."""
 
     def __init__(self, x: np.ndarray, importance: np.ndarray, salient: np.ndarray):
         rows = x.shape[0]
         xw = x.reshape(rows, WORDS, GROUP).astype(F)
         w = np.broadcast_to(importance.reshape(1, WORDS, GROUP).astype(F), xw.shape)
         unit = codec.word_units(xw, w, salient)
-        self.d16, self.scale_code, self.c8, _ = codec.choose_scales(xw, w, salient, unit)
+        self.dcode, self.scale_code, self.zero_code, self.c8, _ = codec.choose_scales(xw, w, salient, unit)
         self.salient = salient
-        dd = self.d16.astype(F)[:, 0]                                    # (rows,)
+        dd = d_from_code(self.dcode[:, 0])                                 # (rows,)
         self.mult = SCALE_MULT[self.scale_code].astype(np.int32)          # (rows, 4)
         self.dd = torch.from_numpy(dd)
         # decoded int8-mean values of salient words, (rows, 64); zeros elsewhere
@@ -88,15 +90,17 @@ class BlockParams:
         self.q8_values = torch.from_numpy((dd[:, None] * v8.astype(F)).astype(F))
         self.salient_cols = torch.from_numpy(np.repeat(salient, GROUP, axis=-1))   # (rows, 64)
         self.step = torch.from_numpy((dd[:, None] * (self.mult * GRID_STEP).astype(F)).astype(F))  # (rows, 4)
+        self.zero_int = torch.from_numpy(ZERO2[self.zero_code].astype(np.int32))    # (rows, 4)
+        self.zero_steps = torch.from_numpy(codec.ZERO_STEPS[self.zero_code])        # (rows, 4), exact
         self.mult_t = torch.from_numpy(self.mult)
 
     def quantize_column(self, col_in_block: int, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Quantized values of one column and its 2-bit codes, the way the C code decodes them."""
         word = col_in_block // GROUP
         s = self.step[:, word]
-        t = (w / s + 3.0) / 2.0
+        t = w / s + self.zero_steps[:, word]
         c2 = torch.nan_to_num(t, nan=0.0).clamp(0.0, 3.0).round().to(torch.int64)  # round: ties to even
-        v2 = torch.from_numpy(GRID2)[c2] * self.mult_t[:, word]
+        v2 = (GRID_STEP * c2.to(torch.int32) - self.zero_int[:, word]) * self.mult_t[:, word]
         q2 = self.dd * v2.to(torch.float32)
         sal = self.salient_cols[:, col_in_block]
         return torch.where(sal, self.q8_values[:, col_in_block], q2), c2
@@ -182,8 +186,9 @@ class MPQ2GPTQ:
 
     def _pack(self, params: list[BlockParams], bitmap: np.ndarray, C2: torch.Tensor) -> np.ndarray:
         rows = self.rows
-        d16 = np.concatenate([p.d16 for p in params], axis=1)
+        dcode = np.concatenate([p.dcode for p in params], axis=1)
         scale_code = np.concatenate([p.scale_code for p in params], axis=1)
+        zero_code = np.concatenate([p.zero_code for p in params], axis=1)
         c8 = np.concatenate([p.c8 for p in params], axis=1)
         c2 = C2.numpy().reshape(rows, -1, GROUP)
-        return codec.pack(d16, scale_code, bitmap, c8, c2)
+        return codec.pack(dcode, scale_code, zero_code, bitmap, c8, c2)

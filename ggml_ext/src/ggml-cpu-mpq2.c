@@ -15,7 +15,7 @@ void quantize_row_mpq2(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, in
 }
 
 // Integer dot product of one 16-weight word with 16 int8 activations, in units of d * mult.
-static inline int mpq2_word_dot(uint32_t q, bool salient, const int8_t * a) {
+static inline int mpq2_word_dot(uint32_t q, bool salient, int zero, const int8_t * a) {
     int s = 0;
     if (salient) {
         for (int i = 0; i < MPQ2_GROUP; ++i) {
@@ -23,7 +23,7 @@ static inline int mpq2_word_dot(uint32_t q, bool salient, const int8_t * a) {
         }
     } else {
         for (int i = 0; i < MPQ2_GROUP; ++i) {
-            s += mpq2_grid2[(q >> (8*(i & 3) + 2*(i >> 2))) & 3] * a[i];
+            s += (MPQ2_GRID_STEP * (int) ((q >> (8*(i & 3) + 2*(i >> 2))) & 3) - zero) * a[i];
         }
     }
     return s;
@@ -46,10 +46,11 @@ void ggml_vec_dot_mpq2_q8_0_generic(int n, float * GGML_RESTRICT s, size_t bs, c
         int sumi[2] = { 0, 0 };
         for (int w = 0; w < MPQ2_WORDS; ++w) {
             const int m = mpq2_scale_mult[(meta >> MPQ2_SCALE_SHIFT(w)) & 7];
+            const int z = mpq2_zero2[(x[ib].zero >> MPQ2_ZERO_SHIFT(w)) & 3];
             const int8_t * a = y[2*ib + w/2].qs + (w & 1)*MPQ2_GROUP;
-            sumi[w/2] += m * mpq2_word_dot(x[ib].qs[w], meta >> w & 1, a);
+            sumi[w/2] += m * mpq2_word_dot(x[ib].qs[w], meta >> w & 1, z, a);
         }
-        const float dx = GGML_CPU_FP16_TO_FP32(x[ib].d);
+        const float dx = mpq2_d_from_code(x[ib].d);
         sumf += dx * (GGML_CPU_FP16_TO_FP32(y[2*ib].d) * (float) sumi[0] + GGML_CPU_FP16_TO_FP32(y[2*ib + 1].d) * (float) sumi[1]);
     }
     *s = sumf;

@@ -13,16 +13,22 @@
 #include <string.h>
 
 const int8_t mpq2_scale_mult[8] = { 8, 10, 13, 16, 20, 25, 32, 40 };
-const int8_t mpq2_grid2[4]      = { -3*MPQ2_GRID_STEP, -MPQ2_GRID_STEP, MPQ2_GRID_STEP, 3*MPQ2_GRID_STEP };
+#define MPQ2_ID(z) z
+const int8_t mpq2_zero2[4]      = { MPQ2_ZERO2_APPLY(MPQ2_ID) };
+#undef MPQ2_ID
 
 #define MPQ2_MAX_MULT    40
-#define MPQ2_FP16_MAX    65504.0f
 #define MPQ2_N_FIT_STEPS 16
+#define MPQ2_N_D_CODES   256
 
-// 2-bit code of x for the grid (2c - 3) * s: nearest level, NaN-safe (fmaxf drops NaN).
-static inline int mpq2_code2(float x, float s) {
-    const float t = (x / s + 3.0f) / 2.0f;
+// 2-bit code of x for the grid s * (c - z): nearest level, NaN-safe (fmaxf drops NaN).
+static inline int mpq2_code2(float x, float s, float z) {
+    const float t = x / s + z;
     return (int) nearbyintf(fminf(fmaxf(t, 0.0f), 3.0f));
+}
+
+static inline float mpq2_zero_steps(int zc) {
+    return (float) mpq2_zero2[zc] / (float) MPQ2_GRID_STEP;   // exact: a multiple of 1/16
 }
 
 static inline int mpq2_code8(float mean, float unit) {
@@ -43,34 +49,38 @@ static void mpq2_means4(const float * x, const float * w, float * mean) {
     }
 }
 
-// Best unscaled 2-bit fit of a word: returns the unit u (grid level 1 = 8u) and its error.
+// Best unscaled 2-bit fit of a word over every zero offset: a least-squares step for each
+// candidate step and zero; returns the unit u (one code step = 16u) and its weighted error.
 static float mpq2_fit2(const float * x, const float * w, float * err_out) {
     float amax = 0.0f;
     for (int i = 0; i < MPQ2_GROUP; ++i) {
         amax = fmaxf(amax, fabsf(x[i]));
     }
-    float best_s = amax / 3.0f;
+    float best_s = amax * 0.5f;
     float best_err = INFINITY;
-    for (int t = 0; t < MPQ2_N_FIT_STEPS && amax > 0.0f; ++t) {
-        const float s = amax * (0.16f + 0.012f * (float) t);
-        float sxl = 0.0f, sll = 0.0f;
-        for (int i = 0; i < MPQ2_GROUP; ++i) {
-            const float l = (float) (2*mpq2_code2(x[i], s) - 3);
-            sxl += w[i]*x[i]*l;
-            sll += w[i]*l*l;
-        }
-        if (!(sll > 0.0f) || !(sxl > 0.0f)) {
-            continue;
-        }
-        const float s2 = sxl / sll;
-        float err = 0.0f;
-        for (int i = 0; i < MPQ2_GROUP; ++i) {
-            const float diff = x[i] - s2 * (float) (2*mpq2_code2(x[i], s2) - 3);
-            err += w[i]*diff*diff;
-        }
-        if (err < best_err) {
-            best_err = err;
-            best_s = s2;
+    for (int zc = 0; zc < 4 && amax > 0.0f; ++zc) {
+        const float z = mpq2_zero_steps(zc);
+        for (int t = 0; t < MPQ2_N_FIT_STEPS; ++t) {
+            const float s = amax * (0.3f + 0.025f * (float) t);
+            float sxl = 0.0f, sll = 0.0f;
+            for (int i = 0; i < MPQ2_GROUP; ++i) {
+                const float l = (float) mpq2_code2(x[i], s, z) - z;
+                sxl += w[i]*x[i]*l;
+                sll += w[i]*l*l;
+            }
+            if (!(sll > 0.0f) || !(sxl > 0.0f)) {
+                continue;
+            }
+            const float s2 = sxl / sll;
+            float err = 0.0f;
+            for (int i = 0; i < MPQ2_GROUP; ++i) {
+                const float diff = x[i] - s2 * ((float) mpq2_code2(x[i], s2, z) - z);
+                err += w[i]*diff*diff;
+            }
+            if (err < best_err) {
+                best_err = err;
+                best_s = s2;
+            }
         }
     }
     if (best_err == INFINITY) {
@@ -99,8 +109,9 @@ static float mpq2_fit8(const float * x, const float * w, float * err_out) {
     return amax / 127.0f;
 }
 
-// Encodes one word at the block scale dd with scale code j; returns the weighted error.
-static float mpq2_encode_word(const float * x, const float * w, bool salient, float dd, int j, uint32_t * word) {
+// Encodes one word at the block scale dd with scale code j and zero code zc (2-bit words);
+// returns the weighted error.
+static float mpq2_encode_word(const float * x, const float * w, bool salient, float dd, int j, int zc, uint32_t * word) {
     const int m = mpq2_scale_mult[j];
     float err = 0.0f;
     uint32_t q = 0;
@@ -119,10 +130,11 @@ static float mpq2_encode_word(const float * x, const float * w, bool salient, fl
         }
     } else {
         const float s = dd * (float) (m * MPQ2_GRID_STEP);
+        const float z = mpq2_zero_steps(zc);
         for (int i = 0; i < MPQ2_GROUP; ++i) {
-            const int c = mpq2_code2(x[i], s);
+            const int c = mpq2_code2(x[i], s, z);
             q |= (uint32_t) c << (8*(i & 3) + 2*(i >> 2));
-            const float diff = x[i] - dd * (float) (m * mpq2_grid2[c]);
+            const float diff = x[i] - dd * (float) (m * (MPQ2_GRID_STEP*c - mpq2_zero2[zc]));
             err += w[i]*diff*diff;
         }
     }
@@ -130,40 +142,49 @@ static float mpq2_encode_word(const float * x, const float * w, bool salient, fl
     return err;
 }
 
+// Smallest block scale code whose largest multiplier reaches umax (255 when none does).
+static int mpq2_d_code(float umax) {
+    for (int c = 0; c < MPQ2_N_D_CODES; ++c) {
+        if (mpq2_d_from_code((uint8_t) c) * (float) MPQ2_MAX_MULT >= umax) {
+            return c;
+        }
+    }
+    return MPQ2_N_D_CODES - 1;
+}
+
 static void mpq2_quantize_block(const float * x, const float * w, const bool * salient, const float * unit, block_mpq2 * y) {
     float umax = 0.0f;
     for (int k = 0; k < MPQ2_WORDS; ++k) {
         umax = fmaxf(umax, unit[k]);
     }
-    const ggml_fp16_t d = ggml_fp32_to_fp16(fminf(umax / (float) MPQ2_MAX_MULT, MPQ2_FP16_MAX));
-    const float dd = ggml_fp16_to_fp32(d);
+    const int dcode = mpq2_d_code(umax);
+    const float dd = mpq2_d_from_code((uint8_t) dcode);
     uint16_t meta = 0;
-    for (int k = 0; k < MPQ2_WORDS; ++k) {
-        meta |= (uint16_t) ((salient[k] ? 1u : 0u) << k);
-    }
-    y->d = d;
-    if (!(dd > 0.0f)) {
-        y->meta = meta;
-        memset(y->qs, 0, sizeof(y->qs));
-        return;
-    }
+    uint8_t zero = 0;
     for (int k = 0; k < MPQ2_WORDS; ++k) {
         const float * xk = x + k*MPQ2_GROUP;
         const float * wk = w + k*MPQ2_GROUP;
         float best_err = INFINITY;
-        int best_j = 0;
+        int best_j = 0, best_z = 0;
         for (int j = 0; j < 8; ++j) {
-            uint32_t q;
-            const float err = mpq2_encode_word(xk, wk, salient[k], dd, j, &q);
-            if (err < best_err) {
-                best_err = err;
-                best_j = j;
+            for (int zc = 0; zc < (salient[k] ? 1 : 4); ++zc) {
+                uint32_t q;
+                const float err = mpq2_encode_word(xk, wk, salient[k], dd, j, zc, &q);
+                if (err < best_err) {
+                    best_err = err;
+                    best_j = j;
+                    best_z = zc;
+                }
             }
         }
-        mpq2_encode_word(xk, wk, salient[k], dd, best_j, &y->qs[k]);
+        mpq2_encode_word(xk, wk, salient[k], dd, best_j, best_z, &y->qs[k]);
+        meta |= (uint16_t) ((salient[k] ? 1u : 0u) << k);
         meta |= (uint16_t) (best_j << MPQ2_SCALE_SHIFT(k));
+        zero |= (uint8_t) (best_z << MPQ2_ZERO_SHIFT(k));
     }
     y->meta = meta;
+    y->zero = zero;
+    y->d = (uint8_t) dcode;
 }
 
 // Salient candidates are ranked by (salience desc, index asc): a total order that numpy's
@@ -247,10 +268,11 @@ size_t quantize_mpq2(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst, 
 void dequantize_row_mpq2(const block_mpq2 * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k) {
     GGML_ASSERT(k % QK_MPQ2 == 0);
     for (int64_t ib = 0; ib < k / QK_MPQ2; ++ib) {
-        const float dd = ggml_fp16_to_fp32(x[ib].d);
+        const float dd = mpq2_d_from_code(x[ib].d);
         const uint16_t meta = x[ib].meta;
         for (int w = 0; w < MPQ2_WORDS; ++w) {
             const int m = mpq2_scale_mult[(meta >> MPQ2_SCALE_SHIFT(w)) & 7];
+            const int z = mpq2_zero2[(x[ib].zero >> MPQ2_ZERO_SHIFT(w)) & 3];
             const uint32_t q = x[ib].qs[w];
             float * out = y + ib*QK_MPQ2 + w*MPQ2_GROUP;
             if (meta >> w & 1) {
@@ -259,7 +281,8 @@ void dequantize_row_mpq2(const block_mpq2 * GGML_RESTRICT x, float * GGML_RESTRI
                 }
             } else {
                 for (int i = 0; i < MPQ2_GROUP; ++i) {
-                    out[i] = dd * (float) (m * mpq2_grid2[(q >> (8*(i & 3) + 2*(i >> 2))) & 3]);
+                    const int c = (q >> (8*(i & 3) + 2*(i >> 2))) & 3;
+                    out[i] = dd * (float) (m * (MPQ2_GRID_STEP*c - z));
                 }
             }
         }
@@ -274,15 +297,6 @@ bool mpq2_validate_row_data(const void * data, size_t nbytes) {
     const block_mpq2 * x = (const block_mpq2 *) data;
     const size_t nb = nbytes / sizeof(block_mpq2);
     for (size_t i = 0; i < nb; ++i) {
-        const uint16_t d = x[i].d;
-        if ((d & 0x7C00) == 0x7C00) {
-            fprintf(stderr, "%s: found %s scale at block %zu\n", __func__, (d & 0x03FF) ? "nan" : "inf", i);
-            return false;
-        }
-        if ((d & 0x8000) && (d & 0x7FFF)) {
-            fprintf(stderr, "%s: found negative scale at block %zu\n", __func__, i);
-            return false;
-        }
         for (int w = 0; w < MPQ2_WORDS; ++w) {
             if (!(x[i].meta >> w & 1)) {
                 continue;

@@ -26,16 +26,17 @@ static double worst_rel;
 static double reference(int n, double * abs_sum) {
     double sum = 0.0, asum = 0.0;
     for (int ib = 0; ib < n / QK_MPQ2; ++ib) {
-        const double dx = ggml_fp16_to_fp32(X[ib].d);
+        const double dx = mpq2_d_from_code(X[ib].d);
         for (int h = 0; h < 2; ++h) {
             const double dy = ggml_fp16_to_fp32(Y[2*ib + h].d);
             int64_t si = 0, sa = 0;
             for (int w = 2*h; w < 2*h + 2; ++w) {
                 const uint32_t q = X[ib].qs[w];
                 const int m = mpq2_scale_mult[(X[ib].meta >> MPQ2_SCALE_SHIFT(w)) & 7];
+                const int z = mpq2_zero2[(X[ib].zero >> MPQ2_ZERO_SHIFT(w)) & 3];
                 for (int i = 0; i < 16; ++i) {
                     const int v = (X[ib].meta >> w & 1) ? (int8_t) (q >> (8*(i >> 2)))
-                                                        : mpq2_grid2[(q >> (8*(i & 3) + 2*(i >> 2))) & 3];
+                                                        : 16 * (int) ((q >> (8*(i & 3) + 2*(i >> 2))) & 3) - z;
                     const int a = Y[2*ib + h].qs[(w & 1)*16 + i];
                     si += (int64_t) m * v * a;
                     sa += llabs((int64_t) m * v * a);
@@ -60,7 +61,7 @@ static void check(const char * what, int n) {
     n_cases++;
     if (asum > 0 && err / asum > worst_rel) worst_rel = err / asum;
     // with unit scales every partial sum is an exact integer below 2^24: no rounding at all
-    const int exact = ggml_fp16_to_fp32(X[0].d) == 1.0f && asum < 16777216.0;
+    const int exact = mpq2_d_from_code(X[0].d) == 1.0f && asum < 16777216.0;
     if (exact) n_exact++;
     if (!(err <= tol) || !(gerr <= tol) || (exact && (got != gen || (double) got != ref))) {
         n_fail++;
@@ -75,14 +76,18 @@ static uint16_t rand_meta(int bitmap) {
     return (uint16_t) ((mpq2_rand() & 0xFFF0) | (bitmap < 0 ? (mpq2_rand() & 15) : (uint64_t) bitmap));
 }
 
-static uint16_t rand_scale(void) {  // positive fp16 from ~1e-4 to ~4
-    return ggml_fp32_to_fp16(expf(-9.0f + 10.0f * mpq2_randf()));
+#define MPQ2_D_ONE 160   // the block scale code of 1.0
+
+static uint8_t rand_scale(void) {  // block scale from 2^-13 to ~2^2.8, never exactly 1 (see check())
+    const uint8_t c = (uint8_t) (108 + mpq2_rand() % 64);
+    return c == MPQ2_D_ONE ? c + 1 : c;
 }
 
 static void fill_random(int n, int bitmap, int amax) {
     for (int ib = 0; ib < n / QK_MPQ2; ++ib) {
         X[ib].d = rand_scale();
         X[ib].meta = rand_meta(bitmap);
+        X[ib].zero = (uint8_t) mpq2_rand();
         for (int w = 0; w < 4; ++w) X[ib].qs[w] = (uint32_t) mpq2_rand();
     }
     for (int ib = 0; ib < n / QK8_0; ++ib) {
@@ -92,23 +97,25 @@ static void fill_random(int n, int bitmap, int amax) {
 }
 
 static void set_unit_scales(int n) {
-    for (int ib = 0; ib < n / QK_MPQ2; ++ib) X[ib].d = 0x3C00;
+    for (int ib = 0; ib < n / QK_MPQ2; ++ib) X[ib].d = MPQ2_D_ONE;
     for (int ib = 0; ib < n / QK8_0; ++ib) Y[ib].d = 0x3C00;
 }
 
 // Every weight and activation at the end of its range: int8 words +-127 (and -128, which the
-// encoder never writes but the kernel must still take), 2-bit words +-24, multiplier 40.
+// encoder never writes but the kernel must still take), 2-bit words -32 and +40, multiplier 40.
 static void fill_extreme(int n, int variant) {
     for (int ib = 0; ib < n / QK_MPQ2; ++ib) {
-        X[ib].d = variant & 4 ? 0x7BFF : 0x3C00;  // 65504 or 1
+        X[ib].d = variant & 4 ? 255 : MPQ2_D_ONE;  // 1.75 * 2^23 or 1
         X[ib].meta = (uint16_t) (0xFFF0 | (variant & 1 ? 0xF : (ib & 1 ? 0x5 : 0xA)));
+        // zero codes: all 2 (z = 32: code 0 -> -32), all 3 (z = 8: code 3 -> +40), or mixed
+        X[ib].zero = (variant & 3) == 0 ? 0xAA : (variant & 3) == 2 ? 0xFF : (uint8_t) (0x1B + ib);
         for (int w = 0; w < 4; ++w) {
             const int int8 = X[ib].meta >> w & 1;
             uint32_t q;
             switch (variant & 3) {
-                case 0:  q = int8 ? 0x81818181u : 0x00000000u; break;          // -127 / all code 0 (-24)
+                case 0:  q = int8 ? 0x81818181u : 0x00000000u; break;          // -127 / all code 0 (-32)
                 case 1:  q = (w & 1) ? 0x7F7F7F7Fu : 0x80808080u; break;      // +127 / -128
-                case 2:  q = int8 ? 0x7F7F7F7Fu : 0xFFFFFFFFu; break;          // +127 / all code 3 (+24)
+                case 2:  q = int8 ? 0x7F7F7F7Fu : 0xFFFFFFFFu; break;          // +127 / all code 3 (+40)
                 default: q = int8 ? 0x817F817Fu : 0x33CC33CCu; break;          // alternating signs
             }
             X[ib].qs[w] = q;
@@ -161,10 +168,10 @@ int main(int argc, char ** argv) {
             snprintf(what, sizeof what, "quantized, salient %.3f", salient[is]);
             check(what, n);
         }
-        // zero and subnormal scales
+        // the ends of the block scale range
         fill_random(n, -1, 127);
-        for (int ib = 0; ib < n / QK_MPQ2; ++ib) X[ib].d = (uint16_t) (ib % 3 == 0 ? 0x0000 : ib % 3 == 1 ? 0x0001 : 0x03FF);
-        check("zero/subnormal d", n);
+        for (int ib = 0; ib < n / QK_MPQ2; ++ib) X[ib].d = (uint8_t) (ib % 3 == 0 ? 0 : ib % 3 == 1 ? 1 : 255);
+        check("smallest/largest d", n);
     }
     // every multiple of 64 up to 64*64, random bitmaps
     for (int n = 64; n <= 64*64; n += 64) {
@@ -210,7 +217,7 @@ int main(int argc, char ** argv) {
             dequantize_row_mpq2(X, out, n);
             n_cases++;
         }
-        if (n_invalid == 0) {  // random headers must hit the validator (NaN/Inf/negative scales)
+        if (n_invalid == 0) {  // random salient words must hit the validator (int8 code -128)
             fprintf(stderr, "FAIL validation accepted 300 random rows\n");
             n_fail++;
         }

@@ -4,7 +4,8 @@
 // MPQ2_VEC_DOT_SIMD and MPQ2_VEC_DOT_SIMD_NAME when the kernel applies to the target.
 //
 // Each 32-bit word decodes to one int8x16 in natural weight order (docs/FORMAT.md):
-//   2-bit word: ld1r of the word, ushl by 0, -2, -4, -6 per lane, and 3, tbl into {-24, -8, 8, 24};
+//   2-bit word: ld1r of the word, ushl by 0, -2, -4, -6 per lane, and 3, tbl into the word's
+//               grid {-z, 16 - z, 32 - z, 48 - z} (one 16-byte table per zero code);
 //   int8 word:  tbl byte broadcast {0,0,0,0, 1,1,1,1, 2,2,2,2, 3,3,3,3} of the word;
 // picked by the bitmap bit with bsl. Signed int8 x int8 dot with the activations (no sign
 // trick needed), int32 partial sums times the word multiplier (exact), converted to float
@@ -25,11 +26,17 @@ static inline int32x4_t mpq2_neon_dot16(int8x16_t v, int8x16_t a) {
 }
 
 // Integer dot of word w of block xb with 16 activations, times the word multiplier.
+static const int8_t mpq2_neon_grid[4][16] = {
+#define MPQ2_GRID_ROW(z) { -(z), 16 - (z), 32 - (z), 48 - (z), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+    MPQ2_ZERO2_APPLY(MPQ2_GRID_ROW)
+#undef MPQ2_GRID_ROW
+};
+
 static inline int32x4_t mpq2_neon_word(const block_mpq2 * GGML_RESTRICT xb, int w, uint16_t meta, const int8_t * GGML_RESTRICT a,
-                                       int8x16_t grid, uint8x16_t ctrl_int8, int32x4_t shift2, int32x4_t acc) {
+                                       uint8x16_t ctrl_int8, int32x4_t shift2, int32x4_t acc) {
     const uint32x4_t wb  = vld1q_dup_u32(&xb->qs[w]);
     const uint8x16_t c2  = vandq_u8(vreinterpretq_u8_u32(vshlq_u32(wb, shift2)), vdupq_n_u8(3));
-    const int8x16_t  v2  = vqtbl1q_s8(grid, c2);
+    const int8x16_t  v2  = vqtbl1q_s8(vld1q_s8(mpq2_neon_grid[(xb->zero >> MPQ2_ZERO_SHIFT(w)) & 3]), c2);
     const int8x16_t  v8  = vreinterpretq_s8_u8(vqtbl1q_u8(vreinterpretq_u8_u32(wb), ctrl_int8));
     const uint8x16_t sel = vdupq_n_u8((uint8_t) -(int) ((meta >> w) & 1));
     const int8x16_t  v   = vbslq_s8(sel, v8, v2);
@@ -41,10 +48,8 @@ static void mpq2_vec_dot_q8_0_neon(int n, float * GGML_RESTRICT s, const block_m
                                    const block_q8_0 * GGML_RESTRICT y) {
     const int nb = n / QK_MPQ2;
 
-    static const int8_t  grid_tab[16]  = { -24, -8, 8, 24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 };
     static const uint8_t ctrl_tab[16]  = { 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3 };
     static const int32_t shift_tab[4]  = { 0, -2, -4, -6 };
-    const int8x16_t  grid      = vld1q_s8(grid_tab);
     const uint8x16_t ctrl_int8 = vld1q_u8(ctrl_tab);
     const int32x4_t  shift2    = vld1q_s32(shift_tab);
 
@@ -59,12 +64,12 @@ static void mpq2_vec_dot_q8_0_neon(int n, float * GGML_RESTRICT s, const block_m
 
         int32x4_t s0 = vdupq_n_s32(0);
         int32x4_t s1 = vdupq_n_s32(0);
-        s0 = mpq2_neon_word(xb, 0, meta, y0->qs,      grid, ctrl_int8, shift2, s0);
-        s0 = mpq2_neon_word(xb, 1, meta, y0->qs + 16, grid, ctrl_int8, shift2, s0);
-        s1 = mpq2_neon_word(xb, 2, meta, y1->qs,      grid, ctrl_int8, shift2, s1);
-        s1 = mpq2_neon_word(xb, 3, meta, y1->qs + 16, grid, ctrl_int8, shift2, s1);
+        s0 = mpq2_neon_word(xb, 0, meta, y0->qs,      ctrl_int8, shift2, s0);
+        s0 = mpq2_neon_word(xb, 1, meta, y0->qs + 16, ctrl_int8, shift2, s0);
+        s1 = mpq2_neon_word(xb, 2, meta, y1->qs,      ctrl_int8, shift2, s1);
+        s1 = mpq2_neon_word(xb, 3, meta, y1->qs + 16, ctrl_int8, shift2, s1);
 
-        const float dx = GGML_CPU_FP16_TO_FP32(xb->d);
+        const float dx = mpq2_d_from_code(xb->d);
         acc0 = vfmaq_n_f32(acc0, vcvtq_f32_s32(s0), dx * GGML_CPU_FP16_TO_FP32(y0->d));
         acc1 = vfmaq_n_f32(acc1, vcvtq_f32_s32(s1), dx * GGML_CPU_FP16_TO_FP32(y1->d));
     }

@@ -8,14 +8,16 @@
 // docs/FORMAT.md "Decoding one weight"):
 //   2-bit word: the word in every dword of its 128-bit lane, shifted right by 0, 2, 4, 6 in
 //               dwords 0..3, masked with 3: byte k of dword j is the code of weight 4j + k;
-//               a pshufb into {-24, -8, 8, 24} makes the value.
+//               a pshufb into the word's grid {-z, 16 - z, 32 - z, 48 - z} makes the value
+//               (the grid is picked per lane from the word's zero code with one vpermd).
 //   int8 word:  pshufb byte broadcast {0,0,0,0, 1,1,1,1, 2,2,2,2, 3,3,3,3} of the word.
 // and picks one per 128-bit lane with the word's bitmap bit. With AVX-512 VBMI the decode is
-// instead vpmultishiftqb + vpermb (see mpq2_vbmi_ctrl2 below). The int8 x int8 dot with the
+// instead vpmultishiftqb + vpermb (see mpq2_vbmi_ctrl2 below), and the zero offsets are
+// subtracted from the 2-bit lanes afterwards. The int8 x int8 dot with the
 // activations uses the sign trick (|w| as u8, a * sign(w) as s8) with maddubs or dpbusd; each
 // word's int32 partial sums are multiplied (exactly, in integers) by the word multiplier,
-// converted to float (exact: |sum| <= 4*127*127*40 < 2^24) and accumulated with the fp16 scales
-// d * d_q8. AVX-512 works on 4 blocks at a time: their (block, word) sums are reduced into one
+// converted to float (exact: |sum| <= 4*127*127*40 < 2^24) and accumulated with the scales
+// d * d_q8 (d: the E6M2 block scale, two integer ops to float32). AVX-512 works on 4 blocks at a time: their (block, word) sums are reduced into one
 // zmm, multiplied at once, summed per Q8_0 half and scaled in one ymm (exact same integers as
 // the scalar sumi[h]). Only the float accumulation order differs from
 // ggml_vec_dot_mpq2_q8_0_generic.
@@ -34,17 +36,23 @@
 #define MPQ2_FMADD256(a, b, c) _mm256_add_ps(_mm256_mul_ps(a, b), c)
 #endif
 
-// Scales of one block as [dx*dx, dx*dy0, dx*dy1, 0]: one fp16 conversion for all three.
+// Scales of one block as [dx, dx*dy0, dx*dy1, 0]: one fp16 conversion for both dy.
 static inline __m128 mpq2_x86_block_scales(const block_mpq2 * GGML_RESTRICT x, const block_q8_0 * GGML_RESTRICT y) {
 #if defined(__F16C__)
-    const uint64_t h = (uint64_t) x->d | (uint64_t) y[0].d << 16 | (uint64_t) y[1].d << 32;
+    const uint64_t h = (uint64_t) 0x3C00 | (uint64_t) y[0].d << 16 | (uint64_t) y[1].d << 32;   // 0x3C00 = 1.0
     const __m128 f = _mm_cvtph_ps(_mm_cvtsi64_si128((long long) h));
 #else
-    const __m128 f = _mm_setr_ps(GGML_CPU_FP16_TO_FP32(x->d), GGML_CPU_FP16_TO_FP32(y[0].d),
-                                 GGML_CPU_FP16_TO_FP32(y[1].d), 0.0f);
+    const __m128 f = _mm_setr_ps(1.0f, GGML_CPU_FP16_TO_FP32(y[0].d), GGML_CPU_FP16_TO_FP32(y[1].d), 0.0f);
 #endif
-    return _mm_mul_ps(f, _mm_shuffle_ps(f, f, 0));
+    return _mm_mul_ps(f, _mm_set1_ps(mpq2_d_from_code(x->d)));
 }
+
+// The 2-bit grid of each zero code as 4 bytes {-z, 16 - z, 32 - z, 48 - z} in dword z of a
+// vpermd table.
+#define MPQ2_GRID_DW(z) ((uint32_t) (uint8_t) (-(z)) | (uint32_t) (uint8_t) (16 - (z)) << 8 | \
+                         (uint32_t) (uint8_t) (32 - (z)) << 16 | (uint32_t) (uint8_t) (48 - (z)) << 24)
+static const uint32_t mpq2_x86_gridz[16] = { MPQ2_ZERO2_APPLY(MPQ2_GRID_DW) };
+#undef MPQ2_GRID_DW
 
 static inline float mpq2_x86_hsum256(const __m256 acc) {
     __m128 r = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
@@ -54,7 +62,7 @@ static inline float mpq2_x86_hsum256(const __m256 acc) {
 }
 
 static inline uint32_t mpq2_x86_header(const block_mpq2 * GGML_RESTRICT x) {
-    uint32_t h;  // d in bits 0..15, meta in bits 16..31
+    uint32_t h;  // meta in bits 0..15, zero codes in 16..23, d in 24..31
     memcpy(&h, x, sizeof(h));
     return h;
 }
@@ -80,14 +88,11 @@ static const uint8_t mpq2_avx512_ctrl_int8[64] = {   // lane w: byte k of word w
      8, 8, 8, 8,  9, 9, 9, 9, 10,10,10,10, 11,11,11,11,
     12,12,12,12, 13,13,13,13, 14,14,14,14, 15,15,15,15,
 };
-static const int8_t mpq2_avx512_grid[64] = {     // grid in bytes 0..3 of every lane (indices are 0..3)
-    -24, -8, 8, 24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  -24, -8, 8, 24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    -24, -8, 8, 24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  -24, -8, 8, 24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-};
 static const uint32_t mpq2_avx512_shift2[16]   = { MPQ2_X4(0, 2, 4, 6) };
-static const uint32_t mpq2_avx512_bitmap[16]   = { 1u << 16, 1u << 16, 1u << 16, 1u << 16, 1u << 17, 1u << 17, 1u << 17, 1u << 17,
-                                                   1u << 18, 1u << 18, 1u << 18, 1u << 18, 1u << 19, 1u << 19, 1u << 19, 1u << 19 };
-static const uint32_t mpq2_avx512_code_sh[16]  = { 20, 20, 20, 20, 23, 23, 23, 23, 26, 26, 26, 26, 29, 29, 29, 29 };
+static const uint32_t mpq2_avx512_bitmap[16]   = { 1u << 0, 1u << 0, 1u << 0, 1u << 0, 1u << 1, 1u << 1, 1u << 1, 1u << 1,
+                                                   1u << 2, 1u << 2, 1u << 2, 1u << 2, 1u << 3, 1u << 3, 1u << 3, 1u << 3 };
+static const uint32_t mpq2_avx512_zero_sh[16]  = { 16, 16, 16, 16, 18, 18, 18, 18, 20, 20, 20, 20, 22, 22, 22, 22 };
+static const uint32_t mpq2_avx512_code_sh[16]  = { 4, 4, 4, 4, 7, 7, 7, 7, 10, 10, 10, 10, 13, 13, 13, 13 };
 static const uint32_t mpq2_avx512_scale_ix[16] = { 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2 };
 static const int32_t  mpq2_avx512_mult[16]     = { 8, 10, 13, 16, 20, 25, 32, 40, 8, 10, 13, 16, 20, 25, 32, 40 };
 // 4-block groups: dword b of lane w holds the header of block b (dword 5b of the group) ...
@@ -113,8 +118,22 @@ static const uint8_t mpq2_vbmi_ctrl8[64] = { MPQ2_LANE(MPQ2_C8, 0), MPQ2_LANE(MP
 #undef MPQ2_C8
 #undef MPQ2_C2
 #define MPQ2_G16(v) v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v
-static const int8_t mpq2_vbmi_grid[64] = { MPQ2_G16(-24), MPQ2_G16(-8), MPQ2_G16(8), MPQ2_G16(24) };
+static const int8_t mpq2_vbmi_grid[64] = { MPQ2_G16(0), MPQ2_G16(16), MPQ2_G16(32), MPQ2_G16(48) };
 #undef MPQ2_G16
+// zero offsets: vpmultishiftqb of the header (in both dwords of every qword) puts word w's
+// zero code in bits 0..1 of every byte of lane w; vpermb maps it (bits 2..5 ignored) to z.
+#define MPQ2_ZC(w) (uint8_t) (16 + 2*(w))
+#define MPQ2_ZL(w) MPQ2_ZC(w), MPQ2_ZC(w), MPQ2_ZC(w), MPQ2_ZC(w), MPQ2_ZC(w), MPQ2_ZC(w), MPQ2_ZC(w), MPQ2_ZC(w), \
+                   MPQ2_ZC(w), MPQ2_ZC(w), MPQ2_ZC(w), MPQ2_ZC(w), MPQ2_ZC(w), MPQ2_ZC(w), MPQ2_ZC(w), MPQ2_ZC(w)
+static const uint8_t mpq2_vbmi_ctrlz[64] = { MPQ2_ZL(0), MPQ2_ZL(1), MPQ2_ZL(2), MPQ2_ZL(3) };
+#undef MPQ2_ZL
+#undef MPQ2_ZC
+#define MPQ2_ID(z) z
+#define MPQ2_Z4 MPQ2_ZERO2_APPLY(MPQ2_ID)
+static const int8_t mpq2_vbmi_zero[64] = { MPQ2_Z4, MPQ2_Z4, MPQ2_Z4, MPQ2_Z4, MPQ2_Z4, MPQ2_Z4, MPQ2_Z4, MPQ2_Z4,
+                                           MPQ2_Z4, MPQ2_Z4, MPQ2_Z4, MPQ2_Z4, MPQ2_Z4, MPQ2_Z4, MPQ2_Z4, MPQ2_Z4 };
+#undef MPQ2_Z4
+#undef MPQ2_ID
 // bitmap nibble -> 64-bit byte mask (bit w -> bytes 16w..16w+15)
 #define MPQ2_M(b) ((b & 1 ? 0xFFFFull : 0) | (b & 2 ? 0xFFFF0000ull : 0) | (b & 4 ? 0xFFFF00000000ull : 0) | (b & 8 ? 0xFFFF000000000000ull : 0))
 static const uint64_t mpq2_vbmi_mask[2][16] = {
@@ -139,13 +158,16 @@ static inline __m512i mpq2_avx512_block(const block_mpq2 * GGML_RESTRICT xb, con
     const __mmask64 k8  = _load_mask64((__mmask64 *) &mpq2_vbmi_mask[0][xb->meta & 15]);
     const __mmask64 k2  = _load_mask64((__mmask64 *) &mpq2_vbmi_mask[1][xb->meta & 15]);
     const __m512i   ms  = _mm512_multishift_epi64_epi8(_mm512_mask_blend_epi8(k8, c[0], c[1]), src);
-    const __m512i   v   = _mm512_mask_permutexvar_epi8(ms, k2, ms, c[2]);
+    const __m512i   v16 = _mm512_mask_permutexvar_epi8(ms, k2, ms, c[2]);
+    const __m512i   zb  = _mm512_permutexvar_epi8(_mm512_multishift_epi64_epi8(c[3], _mm512_set1_epi32((int) mpq2_x86_header(xb))), c[4]);
+    const __m512i   v   = _mm512_mask_sub_epi8(v16, k2, v16, zb);
 #else
     const __m512i hdr = _mm512_set1_epi32((int) mpq2_x86_header(xb));
     const __m512i bc  = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *) xb->qs));
     const __m512i wv  = _mm512_shuffle_epi8(bc, c[0]);
     const __m512i c2  = _mm512_and_si512(_mm512_srlv_epi32(wv, c[3]), _mm512_set1_epi8(3));
-    const __m512i v2  = _mm512_shuffle_epi8(c[2], c2);
+    const __m512i zc  = _mm512_and_si512(_mm512_srlv_epi32(hdr, c[5]), _mm512_set1_epi32(3));
+    const __m512i v2  = _mm512_shuffle_epi8(_mm512_permutexvar_epi32(zc, c[2]), c2);
     const __m512i v8  = _mm512_shuffle_epi8(bc, c[1]);
     const __m512i v   = _mm512_mask_blend_epi32(_mm512_test_epi32_mask(hdr, c[4]), v2, v8);
 #endif
@@ -170,12 +192,13 @@ static void mpq2_vec_dot_q8_0_avx512(int n, float * GGML_RESTRICT s, const block
     const int nb = n / QK_MPQ2;
 
 #if defined(__AVX512VBMI__)
-    const __m512i c[5] = { _mm512_loadu_si512(mpq2_vbmi_ctrl2), _mm512_loadu_si512(mpq2_vbmi_ctrl8),
-                           _mm512_loadu_si512(mpq2_vbmi_grid) };
+    const __m512i c[6] = { _mm512_loadu_si512(mpq2_vbmi_ctrl2), _mm512_loadu_si512(mpq2_vbmi_ctrl8),
+                           _mm512_loadu_si512(mpq2_vbmi_grid), _mm512_loadu_si512(mpq2_vbmi_ctrlz),
+                           _mm512_loadu_si512(mpq2_vbmi_zero) };
 #else
-    const __m512i c[5] = { _mm512_loadu_si512(mpq2_avx512_ctrl_word), _mm512_loadu_si512(mpq2_avx512_ctrl_int8),
-                           _mm512_loadu_si512(mpq2_avx512_grid), _mm512_loadu_si512(mpq2_avx512_shift2),
-                           _mm512_loadu_si512(mpq2_avx512_bitmap) };
+    const __m512i c[6] = { _mm512_loadu_si512(mpq2_avx512_ctrl_word), _mm512_loadu_si512(mpq2_avx512_ctrl_int8),
+                           _mm512_loadu_si512(mpq2_x86_gridz), _mm512_loadu_si512(mpq2_avx512_shift2),
+                           _mm512_loadu_si512(mpq2_avx512_bitmap), _mm512_loadu_si512(mpq2_avx512_zero_sh) };
 #endif
     const __m512i code_sh = _mm512_loadu_si512(mpq2_avx512_code_sh);
     const __m512i hdr_ix  = _mm512_loadu_si512(mpq2_avx512_hdr_ix);
@@ -210,8 +233,11 @@ static void mpq2_vec_dot_q8_0_avx512(int n, float * GGML_RESTRICT s, const block
         const __m512i sh = _mm512_add_epi32(sm, _mm512_shuffle_i32x4(sm, sm, _MM_SHUFFLE(2, 3, 0, 1)));
         const __m256i si = _mm512_castsi512_si256(_mm512_shuffle_i32x4(sh, sh, _MM_SHUFFLE(2, 0, 2, 0)));
 
-        // scales in the same order: dx of b (low half of each header) times dy of Q8_0 block 2b + h
-        const __m256 dx = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm512_castsi512_si256(hdr)));
+        // scales in the same order: dx of b (E6M2 in the top byte of each header: bits
+        // (code << 21) + (87 << 23) of a float) times dy of Q8_0 block 2b + h
+        const __m256 dx = _mm256_castsi256_ps(_mm256_add_epi32(
+            _mm256_and_si256(_mm256_srli_epi32(_mm512_castsi512_si256(hdr), 3), _mm256_set1_epi32(0x1FE00000)),
+            _mm256_set1_epi32(87 << 23)));
         const __m256 dy = _mm256_cvtph_ps(_mm_set_epi64x(
             (long long) mpq2_x86_fp16x4(yb[1].d, yb[3].d, yb[5].d, yb[7].d),
             (long long) mpq2_x86_fp16x4(yb[0].d, yb[2].d, yb[4].d, yb[6].d)));
@@ -250,12 +276,11 @@ static const uint8_t mpq2_avx2_ctrl_int8[2][32] = {
     { 0, 0, 0, 0,  1, 1, 1, 1,  2, 2, 2, 2,  3, 3, 3, 3,   4, 4, 4, 4,  5, 5, 5, 5,  6, 6, 6, 6,  7, 7, 7, 7 },
     { 8, 8, 8, 8,  9, 9, 9, 9, 10,10,10,10, 11,11,11,11,  12,12,12,12, 13,13,13,13, 14,14,14,14, 15,15,15,15 },
 };
-static const int8_t   mpq2_avx2_grid[32]      = { -24, -8, 8, 24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                                                  -24, -8, 8, 24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 };
 static const uint32_t mpq2_avx2_shift2[8]     = { 0, 2, 4, 6, 0, 2, 4, 6 };
-static const uint32_t mpq2_avx2_bitmap[2][8]  = { { 1u << 16, 1u << 16, 1u << 16, 1u << 16, 1u << 17, 1u << 17, 1u << 17, 1u << 17 },
-                                                  { 1u << 18, 1u << 18, 1u << 18, 1u << 18, 1u << 19, 1u << 19, 1u << 19, 1u << 19 } };
-static const uint32_t mpq2_avx2_code_sh[2][8] = { { 20, 20, 20, 20, 23, 23, 23, 23 }, { 26, 26, 26, 26, 29, 29, 29, 29 } };
+static const uint32_t mpq2_avx2_bitmap[2][8]  = { { 1u << 0, 1u << 0, 1u << 0, 1u << 0, 1u << 1, 1u << 1, 1u << 1, 1u << 1 },
+                                                  { 1u << 2, 1u << 2, 1u << 2, 1u << 2, 1u << 3, 1u << 3, 1u << 3, 1u << 3 } };
+static const uint32_t mpq2_avx2_code_sh[2][8] = { { 4, 4, 4, 4, 7, 7, 7, 7 }, { 10, 10, 10, 10, 13, 13, 13, 13 } };
+static const uint32_t mpq2_avx2_zero_sh[2][8] = { { 16, 16, 16, 16, 18, 18, 18, 18 }, { 20, 20, 20, 20, 22, 22, 22, 22 } };
 #if defined(__AVXVNNI__) || (defined(__AVX512VNNI__) && defined(__AVX512VL__))
 #define MPQ2_AVX2_VNNI 1
 static const int32_t  mpq2_avx2_mult[8]       = { 8, 10, 13, 16, 20, 25, 32, 40 };
@@ -270,7 +295,8 @@ static void mpq2_vec_dot_q8_0_avx2(int n, float * GGML_RESTRICT s, const block_m
                                    const block_q8_0 * GGML_RESTRICT y) {
     const int nb = n / QK_MPQ2;
 
-    const __m256i grid   = _mm256_loadu_si256((const __m256i *) mpq2_avx2_grid);
+    const __m256i gridz  = _mm256_loadu_si256((const __m256i *) mpq2_x86_gridz);
+    const __m256i m3d    = _mm256_set1_epi32(3);
     const __m256i shift2 = _mm256_loadu_si256((const __m256i *) mpq2_avx2_shift2);
     const __m256i mult   = _mm256_loadu_si256((const __m256i *) mpq2_avx2_mult);
     const __m256i m3     = _mm256_set1_epi8(3);
@@ -292,7 +318,8 @@ static void mpq2_vec_dot_q8_0_avx2(int n, float * GGML_RESTRICT s, const block_m
         for (int h = 0; h < 2; ++h) {
             const __m256i wv   = _mm256_shuffle_epi8(bc, _mm256_loadu_si256((const __m256i *) mpq2_avx2_ctrl_word[h]));
             const __m256i c2   = _mm256_and_si256(_mm256_srlv_epi32(wv, shift2), m3);
-            const __m256i v2   = _mm256_shuffle_epi8(grid, c2);
+            const __m256i zc   = _mm256_and_si256(_mm256_srlv_epi32(hdr, _mm256_loadu_si256((const __m256i *) mpq2_avx2_zero_sh[h])), m3d);
+            const __m256i v2   = _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(gridz, zc), c2);
             const __m256i v8   = _mm256_shuffle_epi8(bc, _mm256_loadu_si256((const __m256i *) mpq2_avx2_ctrl_int8[h]));
             const __m256i bits = _mm256_loadu_si256((const __m256i *) mpq2_avx2_bitmap[h]);
             const __m256i sel  = _mm256_cmpeq_epi32(_mm256_and_si256(hdr, bits), bits);
