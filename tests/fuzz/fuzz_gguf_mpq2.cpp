@@ -17,7 +17,7 @@
 // safe), and the dot products when validation passed.
 //
 // Oracles, besides the sanitizers: an independent decoder and validator written here from
-// docs/FORMAT.md must agree bit for bit with the C code; valid blocks decode to finite values;
+// docs/FORMAT.md must agree bit for bit with the C code; every block decodes to finite values;
 // both dot kernels agree with a double-precision sum over the dequantized row.
 //
 // Upstream limits avoided (docs/ROBUSTNESS.md):
@@ -64,6 +64,7 @@ float ggml_table_f32_f16[1 << 16];
 
 // ---------------------------------------------------------------- reference from docs/FORMAT.md
 
+// IEEE half to float (the Q8_0 activations' scales), checked against ggml's at start-up.
 static float ref_fp16_to_fp32(uint16_t h) {
     const uint32_t sign = (uint32_t) (h >> 15) << 31;
     const uint32_t exp = (h >> 10) & 0x1F;
@@ -85,15 +86,22 @@ static float ref_fp16_to_fp32(uint16_t h) {
 }
 
 static const int REF_MULT[8] = { 8, 10, 13, 16, 20, 25, 32, 40 };
-static const int REF_GRID[4] = { -24, -8, 8, 24 };
+static const int REF_ZERO[4] = { 16, 24, 32, 8 };
 
 static uint16_t rd16(const uint8_t * p) { return (uint16_t) (p[0] | p[1] << 8); }
 static uint32_t rd32(const uint8_t * p) { return (uint32_t) p[0] | (uint32_t) p[1] << 8 | (uint32_t) p[2] << 16 | (uint32_t) p[3] << 24; }
 
-// Value of weight j (0..63) of the 20-byte block at p, as FORMAT.md "Decoding one weight".
+// FORMAT.md "Block": dd = 2^((d >> 2) - 40) * (1 + (d & 3)/4), an E6M2 code.
+static float ref_scale(uint8_t d) {
+    return std::ldexp(1.0f + (float) (d & 3) / 4.0f, (d >> 2) - 40);
+}
+
+// Value of weight j (0..63) of the 20-byte block at p, as FORMAT.md "Decoding one weight":
+// header meta (u16) | zero (u8) | d (u8), then four little-endian words.
 static float ref_weight(const uint8_t * p, int j) {
-    const float dd = ref_fp16_to_fp32(rd16(p));
-    const uint16_t meta = rd16(p + 2);
+    const uint16_t meta = rd16(p);
+    const uint8_t zero = p[2];
+    const float dd = ref_scale(p[3]);
     const int w = j / 16, i = j % 16;
     const uint32_t q = rd32(p + 4 + 4*w);
     const int m = REF_MULT[(meta >> (4 + 3*w)) & 7];
@@ -101,23 +109,20 @@ static float ref_weight(const uint8_t * p, int j) {
     if (meta >> w & 1) {
         v = (int8_t) (uint8_t) (q >> (8*(i/4)));
     } else {
-        v = REF_GRID[(q >> (8*(i % 4) + 2*(i/4))) & 3];
+        v = 16 * (int) ((q >> (8*(i % 4) + 2*(i/4))) & 3) - REF_ZERO[(zero >> (2*w)) & 3];
     }
     return dd * (float) (m * v);
 }
 
-// FORMAT.md "Validation": size a multiple of 20; d not NaN/Inf/negative; no -128 in an int8 word.
+// FORMAT.md "Validation": size a multiple of 20; no -128 in a word the bitmap marks int8.
 static bool ref_valid(const uint8_t * p, size_t n) {
     if (n % 20) {
         return false;
     }
     for (size_t b = 0; b < n / 20; ++b, p += 20) {
-        const uint16_t d = rd16(p), meta = rd16(p + 2);
-        if ((d & 0x7C00) == 0x7C00 || ((d & 0x8000) && (d & 0x7FFF))) {
-            return false;
-        }
+        const uint16_t meta = rd16(p);
         for (int w = 0; w < 4; ++w) {
-            for (int k = 0; w < 4 && (meta >> w & 1) && k < 4; ++k) {
+            for (int k = 0; (meta >> w & 1) && k < 4; ++k) {
                 if (p[4 + 4*w + k] == 0x80) {
                     return false;
                 }
@@ -158,7 +163,8 @@ static void check_row(const uint8_t * row, int64_t nb, bool valid, uint32_t seed
     for (int64_t j = 0; j < n; ++j) {
         const float r = ref_weight(row + (j / QK_MPQ2) * sizeof(block_mpq2), (int) (j % QK_MPQ2));
         FUZZ_CHECK(same_float(y[j], r), "weight %lld: dequantize_row_mpq2 %a, FORMAT.md %a", (long long) j, y[j], r);
-        FUZZ_CHECK(!valid || std::isfinite(y[j]), "valid block %lld decodes to %a", (long long) (j / QK_MPQ2), y[j]);
+        // every header holds a finite positive scale: any block, even an invalid one, is finite
+        FUZZ_CHECK(std::isfinite(y[j]), "block %lld decodes to %a", (long long) (j / QK_MPQ2), y[j]);
     }
     if (valid && n > 0) {
         block_q8_0 * a = make_q8_0(n, seed);
@@ -365,6 +371,11 @@ static void quiet_log(enum ggml_log_level, const char *, void *) {}
 
 extern "C" int LLVMFuzzerInitialize(int *, char ***) {
     ggml_log_set(quiet_log, nullptr);
+    for (int d = 0; d < 256; ++d) {
+        const float r = ref_scale((uint8_t) d);
+        FUZZ_CHECK(std::isfinite(r) && r > 0.0f && same_float(r, mpq2_d_from_code((uint8_t) d)),
+                   "scale code %d: mpq2_d_from_code %a, FORMAT.md %a", d, mpq2_d_from_code((uint8_t) d), r);
+    }
     for (int i = 0; i < (1 << 16); ++i) {
         const float r = ref_fp16_to_fp32((uint16_t) i);
         ggml_table_f32_f16[i] = r;

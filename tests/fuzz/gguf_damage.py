@@ -139,16 +139,25 @@ def mpq2_block_offset(data: bytes, tensor: str, block: int) -> int:
     return t.data_offset + block * BLOCK
 
 
-def with_scale(data: bytes, tensor: str, block: int, d16: int) -> bytes:
-    """The fp16 scale of one MPQ2 block replaced by the bits d16 (0x7E00 NaN, 0x7C00 Inf, ...)."""
-    return patch(data, mpq2_block_offset(data, tensor, block), struct.pack("<H", d16))
+def with_header(data: bytes, tensor: str, block: int, meta: int | None = None, zero: int | None = None,
+                d: int | None = None) -> bytes:
+    """One MPQ2 block's header fields replaced: meta (u16: bitmap, scale codes), zero codes (u8),
+    block scale code d (u8, E6M2)."""
+    off = mpq2_block_offset(data, tensor, block)
+    if meta is not None:
+        data = patch(data, off, struct.pack("<H", meta))
+    if zero is not None:
+        data = patch(data, off + 2, bytes([zero]))
+    if d is not None:
+        data = patch(data, off + 3, bytes([d]))
+    return data
 
 
 def with_int8_code(data: bytes, tensor: str, block: int, word: int, byte: int, code: int) -> bytes:
     """Word `word` of a block marked int8 in the bitmap, byte `byte` of it set to `code`."""
     off = mpq2_block_offset(data, tensor, block)
-    meta = struct.unpack_from("<H", data, off + 2)[0] | (1 << word)
-    data = patch(data, off + 2, struct.pack("<H", meta))
+    meta = struct.unpack_from("<H", data, off)[0] | (1 << word)
+    data = patch(data, off, struct.pack("<H", meta))
     return patch(data, off + 4 + 4 * word + byte, bytes([code & 0xFF]))
 
 

@@ -32,12 +32,10 @@ def seeds() -> dict[str, bytes]:
         if data:
             out[f"seed-gguf-truncated-{part}"] = data
     up, down = "blk.0.ffn_up.weight", "blk.0.ffn_down.weight"
-    out["seed-gguf-nan-scale"] = gd.with_scale(base, up, 4, 0x7E00)
-    out["seed-gguf-inf-scale"] = gd.with_scale(base, up, 0, 0x7C00)
-    out["seed-gguf-negative-scale"] = gd.with_scale(base, down, 3, 0xBC00)
-    out["seed-gguf-negative-zero-scale"] = gd.with_scale(base, down, 1, 0x8000)       # valid
     out["seed-gguf-int8-code-128"] = gd.with_int8_code(base, up, 2, 3, 1, -128)
     out["seed-gguf-int8-code-127"] = gd.with_int8_code(base, up, 2, 3, 1, -127)      # valid
+    out["seed-gguf-largest-scale"] = gd.with_header(base, down, 3, meta=0xFFFF, zero=0xFF, d=0xFF)   # valid
+    out["seed-gguf-smallest-scale"] = gd.with_header(base, up, 0, meta=0x0000, zero=0x00, d=0x00)    # valid
     lay = gd.layout(base)
     t = lay.tensor(up)
     out["seed-gguf-row-96"] = gd.set_u64(base, t.ne_offsets[0], 96)                  # not a multiple of 64
@@ -49,9 +47,11 @@ def seeds() -> dict[str, bytes]:
     out["seed-raw-valid-4-blocks"] = raw
     out["seed-raw-19-bytes"] = raw[:19]
     out["seed-raw-21-bytes"] = raw[:21]
-    out["seed-raw-nan-scale"] = struct.pack("<H", 0x7C01) + raw[2:40]
+    big = bytearray(raw[:40])
+    big[0:4] = bytes([0xFF, 0xFF, 0xFF, 0xFF])     # every word int8, scale code 7, zero code 3, d = 255
+    out["seed-raw-largest-header"] = bytes(big)
     int8_all = bytearray(raw[:20])
-    int8_all[2:4] = struct.pack("<H", 0xFFFF)       # every word int8, every scale code 7
+    int8_all[0:2] = struct.pack("<H", 0x000F)       # every word int8, scale code 0
     out["seed-raw-all-int8"] = bytes(int8_all)
     int8_all[7] = 0x80
     out["seed-raw-int8-code-128"] = bytes(int8_all)
