@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -126,7 +127,10 @@ def write_atomic(out: Path, reader: gguf.GGUFReader, replacements: dict[str, Rep
     """Writes the template with replacements to a temporary file next to `out`, then renames
     it: a reader never sees a half-written GGUF, and an interrupted run leaves no output."""
     check_output_path(out, force)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
+    except OSError as e:
+        raise RuntimeError(f"cannot create a file in {out.parent}: {e.strerror or e}") from e
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -147,7 +151,22 @@ def write_atomic(out: Path, reader: gguf.GGUFReader, replacements: dict[str, Rep
         writer.close()
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _output_mode(out))     # mkstemp made it 0600
         os.replace(tmp, out)
+    except OSError as e:                     # a full disk, a quota, RLIMIT_FSIZE, ...
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"could not write {out}: {e.strerror or e} (disk full or a file size limit?); "
+                           f"nothing was written") from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _output_mode(out: Path) -> int:
+    """The replaced file's permissions (--force), else the usual 0666 less the umask."""
+    try:
+        return stat.S_IMODE(out.stat().st_mode)
+    except FileNotFoundError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
