@@ -10,7 +10,7 @@ PY=${PYTHON:-python3}
 JOBS=${JOBS:-$(nproc)}
 
 # Debian packages: a C/C++ toolchain, cmake and patch for the build; ccache for fast rebuilds;
-# the aarch64 cross compiler and qemu-user for the tests of the NEON kernels.
+# the aarch64 cross compiler and qemu-user for the tests of the NEON kernels; clang for the fuzzer.
 need_apt=()
 command -v cmake >/dev/null || need_apt+=(cmake)
 command -v g++ >/dev/null || need_apt+=(build-essential)
@@ -18,6 +18,7 @@ command -v patch >/dev/null || need_apt+=(patch)
 command -v ccache >/dev/null || need_apt+=(ccache)
 command -v aarch64-linux-gnu-gcc >/dev/null || need_apt+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 command -v qemu-aarch64 >/dev/null || need_apt+=(qemu-user)
+command -v clang >/dev/null || need_apt+=(clang)      # libFuzzer + sanitizers: tests/test_fuzz.py
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "setup: installing ${need_apt[*]} with apt-get"
@@ -31,6 +32,7 @@ fi
 # torch first and pinned: any other spec pulls CUDA wheels of several GB.
 "$PY" -m pip install --quiet "torch==2.13.0"
 "$PY" -m pip install --quiet numpy cffi sentencepiece protobuf safetensors transformers accelerate tqdm pytest
+"$PY" -m pip install --quiet hypothesis                # property-based fuzzing: tests/test_fuzz.py
 
 echo "setup: building the patched llama.cpp (first build takes several minutes)"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >build-configure.log 2>&1 || { cat build-configure.log; exit 1; }
