@@ -34,9 +34,14 @@ import gguf_damage as gd  # noqa: E402
 FUZZ_SECONDS = int(os.environ.get("MPQ2_FUZZ_SECONDS", "60"))
 
 
+EXAMPLES_SCALE = float(os.environ.get("MPQ2_FUZZ_EXAMPLES_SCALE", "1"))   # by hand: 10, 100, ...
+RANDOM = os.environ.get("MPQ2_FUZZ_RANDOM") == "1"                         # by hand: new examples each run
+
+
 def bounded(max_examples: int) -> settings:
-    """Deterministic (same examples every run, no database) and bounded."""
-    return settings(max_examples=max_examples, derandomize=True, database=None, deadline=None, print_blob=True,
+    """Deterministic (same examples every run, no database) and bounded, unless asked otherwise."""
+    return settings(max_examples=max(1, int(max_examples * EXAMPLES_SCALE)), derandomize=not RANDOM, database=None,
+                    deadline=None, print_blob=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
