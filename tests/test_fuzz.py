@@ -28,7 +28,7 @@ from mpq2.format import BLOCK_BYTES, QK, WORDS
 
 FUZZ_DIR = Path(__file__).resolve().parent / "fuzz"
 sys.path.insert(0, str(FUZZ_DIR))
-import build as fuzz_build  # noqa: E402
+import build_fuzzer as fuzz_build  # noqa: E402
 import gguf_damage as gd  # noqa: E402
 
 FUZZ_SECONDS = int(os.environ.get("MPQ2_FUZZ_SECONDS", "60"))

@@ -1,8 +1,8 @@
 // libFuzzer target: GGUF files and raw MPQ2 blocks through the patched ggml.
 //
-// Built by tests/fuzz/build.py (clang, -fsanitize=fuzzer,address,undefined) from the patched
-// llama.cpp sources in build/llama.cpp-src (gguf.cpp, ggml.c, ggml-quants.c, ggml-threading.cpp)
-// and ours (ggml_ext/src/ggml-mpq2.c, ggml-cpu-mpq2.c). See docs/ROBUSTNESS.md.
+// Built by tests/fuzz/build_fuzzer.py (clang, -fsanitize=fuzzer,address,undefined) from the
+// patched llama.cpp sources in build/llama.cpp-src (gguf.cpp, ggml.c, ggml-quants.c,
+// ggml-threading.cpp) and ours (ggml_ext/src/ggml-mpq2.c, ggml-cpu-mpq2.c). See docs/ROBUSTNESS.md.
 //
 // An input that starts with "GGUF" is a file:
 //   0. gguf_init_from_buffer without a ggml context, to screen out an upstream abort (below).
@@ -371,6 +371,7 @@ static void quiet_log(enum ggml_log_level, const char *, void *) {}
 
 extern "C" int LLVMFuzzerInitialize(int *, char ***) {
     ggml_log_set(quiet_log, nullptr);
+    fprintf(stderr, "fuzz_gguf_mpq2: vec_dot kernel %s (and generic)\n", ggml_vec_dot_mpq2_q8_0_impl());
     for (int d = 0; d < 256; ++d) {
         const float r = ref_scale((uint8_t) d);
         FUZZ_CHECK(std::isfinite(r) && r > 0.0f && same_float(r, mpq2_d_from_code((uint8_t) d)),

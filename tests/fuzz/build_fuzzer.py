@@ -1,6 +1,6 @@
 """Builds the libFuzzer target tests/fuzz/fuzz_gguf_mpq2.cpp with clang under ASan + UBSan.
 
-    python3 tests/fuzz/build.py            # prints the path of the binary (cached under build/fuzz/)
+    python3 tests/fuzz/build_fuzzer.py            # prints the path of the binary (cached under build/fuzz/)
 
 Sources: from the patched llama.cpp tree (build/llama.cpp-src, or LLAMA_MPQ2_SRC_DIR) the few
 ggml-base files the GGUF reader and the MPQ2 code need (gguf.cpp, ggml.c, ggml-quants.c,
@@ -127,4 +127,4 @@ if __name__ == "__main__":
     try:
         print(build(verbose=True))
     except BuildError as e:
-        sys.exit(f"build.py: {e}")
+        sys.exit(f"build_fuzzer.py: {e}")
