@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -29,7 +30,7 @@ from llama_mpq2._libs import bin_path  # noqa: E402
 
 WORK = Path.home() / ".cache" / "mpq2" / "bench"
 CONVERT = HERE.parent / "converter" / "convert_mpq.py"
-THREADS = 2
+THREADS = int(os.environ.get("MPQ2_BENCH_THREADS", "2"))  # 1 leaves a core free on a 2-core machine
 
 
 def ptb_files() -> tuple[Path, Path]:
@@ -58,16 +59,18 @@ def imatrix(f16: Path, train: Path) -> Path:
     return out
 
 
-def llama_quantize(name: str, typ: str, f16: Path, imat: Path | None, pure: bool) -> tuple[Path, str]:
+def llama_quantize(name: str, typ: str, f16: Path, imat: Path | None, pure: bool,
+                   extra: tuple = ()) -> tuple[Path, str]:
     out = WORK / f"smollm2-{name}.gguf"
-    args = [bin_path("llama-quantize")]
+    args = [bin_path("llama-quantize"), *extra]
     if pure:
         args.append("--pure")
     if imat:
         args += ["--imatrix", imat]
     log = ""
     if not out.exists():
-        log = run([*args, f16, out, typ, THREADS]).stdout
+        proc = run([*args, f16, out, typ, THREADS])
+        log = proc.stdout + proc.stderr
     return out, log
 
 
@@ -103,14 +106,18 @@ def file_bpw(path: Path) -> dict:
     import gguf
     r = gguf.GGUFReader(path)
     total_w = total_b = q_w = q_b = 0
+    types: dict[str, int] = {}
     for t in r.tensors:
+        if len(t.shape) >= 2:
+            types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
         n = int(t.n_elements)
         total_w += n
         total_b += int(t.n_bytes)
         if len(t.shape) >= 2:
             q_w += n
             q_b += int(t.n_bytes)
-    return {"size_mb": path.stat().st_size / 1e6, "bpw_file": 8 * total_b / total_w, "bpw_2d": 8 * q_b / q_w}
+    return {"size_mb": path.stat().st_size / 1e6, "bpw_file": 8 * total_b / total_w, "bpw_2d": 8 * q_b / q_w,
+            "types_2d": types}
 
 
 VARIANTS = [
@@ -131,6 +138,13 @@ VARIANTS = [
     ("q2_0", "quantize", ("Q2_0", True, True)),
     ("q3_k_s", "quantize", ("Q3_K_S", True, True)),
     ("q4_0", "quantize", ("Q4_0", True, True)),
+    # The fair race: only ffn_down (rows of 1536 = 6 x 256, so no llama.cpp type falls back) is
+    # low-bit, every other matrix Q8_0. Same tensors, same bits spent elsewhere.
+    ("fair-q8_0", "quantize", ("Q8_0", True, False)),
+    ("fair-mpq2", "convert", ["--output-type", "q8_0", "--tensor-type", "attn_|ffn_gate|ffn_up=q8_0"]),
+    *[(f"fair-{t.lower()}", "quantize", ("Q8_0", False, True, ("--tensor-type", f"ffn_down={t}", "--token-embedding-type", "q8_0",
+                                                            "--output-tensor-type", "q8_0")))
+      for t in ("MPQ2", "Q2_K", "IQ2_XXS", "IQ2_XS", "IQ2_S", "Q2_0")],
 ]
 
 
@@ -160,11 +174,15 @@ def main() -> None:
             path, rec["convert_seconds"] = convert_mpq(name, f16, train, spec)
             rec["command"] = f"convert_mpq.py smollm2-f16.gguf --calib-file ptb.train.txt {' '.join(spec)}".strip()
         else:
-            typ, pure, use_imat = spec
-            path, log = llama_quantize(name, typ, f16, imatrix(f16, train) if use_imat else None, pure)
-            rec["fallback"] = "falling back" in log
-            rec["command"] = f"llama-quantize {'--pure ' if pure else ''}{'--imatrix imatrix-ptb.gguf ' if use_imat else ''}smollm2-f16.gguf out.gguf {typ}"
+            typ, pure, use_imat, *extra = spec
+            extra = tuple(extra[0]) if extra else ()
+            path, log = llama_quantize(name, typ, f16, imatrix(f16, train) if use_imat else None, pure, extra)
+            rec["command"] = (f"llama-quantize {' '.join(extra) + ' ' if extra else ''}{'--pure ' if pure else ''}"
+                              f"{'--imatrix imatrix-ptb.gguf ' if use_imat else ''}smollm2-f16.gguf out.gguf {typ}")
         rec.update(file_bpw(path))
+        if how == "quantize" and not extra:   # llama.cpp demotes rows its block does not divide: say so
+            target = re.sub(r"_[SML]$", "", typ) if "_K_" in typ else typ
+            rec["fallback"] = {t: n for t, n in rec["types_2d"].items() if t != target}
         m = perplexity(path, test, 512, None if how == "ref" else base)
         rec["ppl_512"] = m["ppl"]
         rec["kld_512"] = m.get("kld", 0.0)
@@ -182,7 +200,8 @@ def print_table(results: dict) -> None:
     print("| file | size MB | bpw (2D tensors) | bpw (file) | PPL c512 | KLD vs F16 | PPL c2048 | fallback |")
     print("|---|---|---|---|---|---|---|---|")
     for name, r in sorted(results.items(), key=lambda kv: kv[1]["size_mb"]):
-        fb = {True: "yes", False: "no"}.get(r.get("fallback"), "-")
+        fb = r.get("fallback")
+        fb = "-" if fb is None else ", ".join(f"{n} tensors {t}" for t, n in fb.items()) or "none"
         p2 = f"{r['ppl_2048']:.2f}" if r.get("ppl_2048") else "-"
         print(f"| {name} | {r['size_mb']:.1f} | {r['bpw_2d']:.3f} | {r['bpw_file']:.3f} | {r['ppl_512']:.2f} | "
               f"{r.get('kld_512', 0):.4f} | {p2} | {fb} |")

@@ -6,12 +6,21 @@ if llama-quantize reports any fallback). Speed does not depend on the weight val
     python3 bench/speed_fair_model.py [--layers 12] [--threads 1,2] [--reps 3] [--types MPQ2,Q2_K,...]
 
 Writes the F16 model (tokenizer metadata copied from SmolLM2's GGUF), an imatrix, one --pure file
-per type, then runs one llama-bench over all files (-p 512 -n 128) and prints its Markdown table.
+per type, then runs one llama-bench over all files (-p 512 -n 128), side by side in one run, and
+the machine's streaming read bandwidth (bench/stream_bw.c) at each thread count. Prints a Markdown
+table: prompt and generation tokens/s (best and median of the repeats) and, for generation, the
+weight bytes read per second (every matrix but the token embedding, once per token) as a share of
+the streaming bandwidth.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import re
+import statistics
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -93,15 +102,49 @@ def main() -> None:
     for typ in args.types.split(","):
         out = WORK / f"fair-{args.layers}L-{typ.lower()}.gguf"
         if not out.exists():
-            log = run([bin_path("llama-quantize"), "--pure", "--imatrix", imat, f16, out, typ]).stdout
-            if "falling back" in log:
+            proc = run([bin_path("llama-quantize"), "--pure", "--imatrix", imat, f16, out, typ])
+            if "falling back" in proc.stdout + proc.stderr:   # llama.cpp logs it on stderr
                 out.unlink()
                 raise SystemExit(f"llama-quantize fell back to another type for {typ}: the race would not be fair")
         files.append(out)
-    cmd = [bin_path("llama-bench"), "-p", "512", "-n", "128", "-t", args.threads, "-r", args.reps, "-o", "md"]
+    stream = {t: stream_bandwidth(int(t)) for t in args.threads.split(",")}
+    cmd = [bin_path("llama-bench"), "-p", "512", "-n", "128", "-t", args.threads, "-r", args.reps, "-o", "json"]
     for f in files:
         cmd += ["-m", f]
-    print(run(cmd).stdout)
+    print_table(json.loads(run(cmd).stdout), {str(f): weight_bytes_per_token(f) for f in files}, stream)
+
+
+def weight_bytes_per_token(path: Path) -> int:
+    """Bytes of every weight matrix generation reads per token (the token embedding: one row)."""
+    import gguf
+    return sum(int(t.n_bytes) for t in gguf.GGUFReader(path).tensors
+               if len(t.shape) >= 2 and t.name != "token_embd.weight")
+
+
+def stream_bandwidth(threads: int) -> float:
+    """Median streaming read GB/s with this many threads (bench/stream_bw.c, 512 MiB, 9 repeats)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = Path(tmp) / "stream_bw"
+        subprocess.run(["cc", "-O3", "-march=native", "-pthread", str(HERE / "stream_bw.c"), "-o", str(exe)], check=True)
+        out = run([exe, threads, 512, 9]).stdout
+    return float(re.search(r"median ([\d.]+) GB/s", out).group(1))
+
+
+def print_table(records: list[dict], wbytes: dict[str, int], stream: dict[str, float]) -> None:
+    print("| type | threads | test | t/s best | t/s median | weights GB/s (median) | share of stream read |")
+    print("|---|---|---|---|---|---|---|")
+    for r in records:
+        samples = r.get("samples_ts") or [r["avg_ts"]]
+        best, med = max(samples), statistics.median(samples)
+        name = Path(r["model_filename"]).stem.split("-")[-1].upper()
+        test = f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}"
+        bw = share = "-"
+        if not r["n_prompt"]:
+            gbs = wbytes[r["model_filename"]] * med / 1e9
+            bw, share = f"{gbs:.2f}", f"{gbs / stream[str(r['n_threads'])]:.0%}"
+        print(f"| {name} | {r['n_threads']} | {test} | {best:.2f} | {med:.2f} | {bw} | {share} |")
+    print()
+    print("streaming read (bench/stream_bw.c, median GB/s): " + ", ".join(f"{t} threads {g:.1f}" for t, g in stream.items()))
 
 
 if __name__ == "__main__":

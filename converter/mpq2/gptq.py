@@ -79,7 +79,7 @@ class BlockParams:
         rows = x.shape[0]
         xw = x.reshape(rows, WORDS, GROUP).astype(F)
         w = np.broadcast_to(importance.reshape(1, WORDS, GROUP).astype(F), xw.shape)
-        unit = codec.word_units(xw, w, salient)
+        unit = self._units(xw, w, salient)
         self.dcode, self.scale_code, self.zero_code, self.c8, _ = codec.choose_scales(xw, w, salient, unit)
         self.salient = salient
         dd = d_from_code(self.dcode[:, 0])                                 # (rows,)
@@ -93,6 +93,18 @@ class BlockParams:
         self.zero_int = torch.from_numpy(ZERO2[self.zero_code].astype(np.int32))    # (rows, 4)
         self.zero_steps = torch.from_numpy(codec.ZERO_STEPS[self.zero_code])        # (rows, 4), exact
         self.mult_t = torch.from_numpy(self.mult)
+
+    @staticmethod
+    def _units(xw: np.ndarray, w: np.ndarray, salient: np.ndarray) -> np.ndarray:
+        """Target unit of each word, only to place the block scale: GPTQ needs no bit-exact
+        mirror of the C fit (the bytes are packed from the codes it chooses), so 2-bit words
+        take the top of the fit's step range (0.675 of the word's largest magnitude) instead
+        of the 64-candidate search; the (scale, zero) search per word that follows does the
+        fitting. Three times faster on the converter's largest cost."""
+        amax = np.abs(xw).max(axis=-1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            u8, _ = codec._fit8(xw, w)
+        return np.where(salient, u8, amax * F(0.675) / F(GRID_STEP)).astype(F)
 
     def quantize_column(self, col_in_block: int, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Quantized values of one column and its 2-bit codes, the way the C code decodes them."""
