@@ -120,6 +120,8 @@ def build(out_dir: Path | None = None, verbose: bool = False) -> Path:
     for old in out_dir.glob("fuzz_gguf_mpq2-*"):      # binaries of older sources
         if old != exe:
             old.unlink(missing_ok=True)
+    for old in out_dir.glob("obj-*"):                 # objects of builds that failed
+        shutil.rmtree(old, ignore_errors=True)
     return exe
 
 
