@@ -31,6 +31,7 @@ from llama_mpq2._libs import bin_path  # noqa: E402
 WORK = Path.home() / ".cache" / "mpq2" / "bench"
 CONVERT = HERE.parent / "converter" / "convert_mpq.py"
 THREADS = int(os.environ.get("MPQ2_BENCH_THREADS", "2"))  # 1 leaves a core free on a 2-core machine
+CHUNKS = int(os.environ.get("MPQ2_BENCH_CHUNKS", "0"))    # 0: the whole test text; N: its first N chunks
 
 
 def ptb_files() -> tuple[Path, Path]:
@@ -86,6 +87,8 @@ def convert_mpq(name: str, f16: Path, train: Path, extra: list[str]) -> tuple[Pa
 
 def perplexity(model: Path, test: Path, ctx: int, kld_base: Path | None = None, save_base: bool = False) -> dict:
     args = [bin_path("llama-perplexity"), "-m", model, "-f", test, "-c", ctx, "-t", THREADS]
+    if CHUNKS:
+        args += ["--chunks", CHUNKS]
     if kld_base is not None:
         args += ["--kl-divergence-base", kld_base] + ([] if save_base else ["--kl-divergence"])
     for _ in range(3):  # llama.cpp's async log can drop its last lines under load
@@ -141,7 +144,7 @@ VARIANTS = [
     # The fair race: only ffn_down (rows of 1536 = 6 x 256, so no llama.cpp type falls back) is
     # low-bit, every other matrix Q8_0. Same tensors, same bits spent elsewhere.
     ("fair-q8_0", "quantize", ("Q8_0", True, False)),
-    ("fair-mpq2", "convert", ["--output-type", "q8_0", "--tensor-type", "attn_|ffn_gate|ffn_up=q8_0"]),
+    ("fair-mpq2-convert", "convert", ["--output-type", "q8_0", "--tensor-type", "attn_|ffn_gate|ffn_up=q8_0"]),
     *[(f"fair-{t.lower()}", "quantize", ("Q8_0", False, True, ("--tensor-type", f"ffn_down={t}", "--token-embedding-type", "q8_0",
                                                             "--output-tensor-type", "q8_0")))
       for t in ("MPQ2", "Q2_K", "IQ2_XXS", "IQ2_XS", "IQ2_S", "Q2_0")],
@@ -185,6 +188,8 @@ def main() -> None:
             rec["fallback"] = {t: n for t, n in rec["types_2d"].items() if t != target}
         m = perplexity(path, test, 512, None if how == "ref" else base)
         rec["ppl_512"] = m["ppl"]
+        if CHUNKS:
+            rec["chunks"] = CHUNKS
         rec["kld_512"] = m.get("kld", 0.0)
         if args.ctx2048:
             rec["ppl_2048"] = perplexity(path, test, 2048)["ppl"]
