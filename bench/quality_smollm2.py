@@ -206,7 +206,7 @@ def print_table(results: dict) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for name, r in sorted(results.items(), key=lambda kv: kv[1]["size_mb"]):
         fb = r.get("fallback")
-        fb = "-" if fb is None else ", ".join(f"{n} tensors {t}" for t, n in fb.items()) or "none"
+        fb = "-" if not isinstance(fb, dict) else ", ".join(f"{n} tensors {t}" for t, n in fb.items()) or "none"
         p2 = f"{r['ppl_2048']:.2f}" if r.get("ppl_2048") else "-"
         print(f"| {name} | {r['size_mb']:.1f} | {r['bpw_2d']:.3f} | {r['bpw_file']:.3f} | {r['ppl_512']:.2f} | "
               f"{r.get('kld_512', 0):.4f} | {p2} | {fb} |")
