@@ -147,7 +147,7 @@ VARIANTS = [
     ("fair-mpq2-convert", "convert", ["--output-type", "q8_0", "--tensor-type", "attn_|ffn_gate|ffn_up=q8_0"]),
     *[(f"fair-{t.lower()}", "quantize", ("Q8_0", False, True, ("--tensor-type", f"ffn_down={t}", "--token-embedding-type", "q8_0",
                                                             "--output-tensor-type", "q8_0")))
-      for t in ("MPQ2", "Q2_K", "IQ2_XXS", "IQ2_XS", "IQ2_S", "Q2_0")],
+      for t in ("IQ2_XS", "Q2_K", "IQ2_XXS", "MPQ2", "IQ2_S", "Q2_0")],
 ]
 
 
