@@ -44,7 +44,9 @@ def test_perplexity_close_to_f32(tiny):
     ppl_f32 = h.perplexity(tiny["f32"], tiny["text"], 64)
     ppl_q = h.perplexity(tiny["mpq2"], tiny["text"], 64)
     assert ppl_f32 < 20.0, ppl_f32               # learned the toy grammar (uniform: ~320)
-    assert ppl_f32 <= ppl_q < 2.0 * ppl_f32, (ppl_f32, ppl_q)
+    # close, on either side: on a tiny model scored on its own kind of text, 2-bit noise can
+    # lower the perplexity a little (seen with the affine words); a broken file is far off
+    assert 0.8 * ppl_f32 < ppl_q < 2.0 * ppl_f32, (ppl_f32, ppl_q)
 
 
 def test_logits_match_torch_forward_over_dequantized_weights(tiny):
