@@ -102,7 +102,10 @@ def main() -> None:
     for typ in args.types.split(","):
         out = WORK / f"fair-{args.layers}L-{typ.lower()}.gguf"
         if not out.exists():
-            proc = run([bin_path("llama-quantize"), "--pure", "--imatrix", imat, f16, out, typ])
+            # output and token embedding Q8_0 for every type: llama-imatrix records no data for
+            # them, which the IQ2 types require; the race is on the 2048-wide block matrices
+            proc = run([bin_path("llama-quantize"), "--pure", "--output-tensor-type", "q8_0", "--token-embedding-type", "q8_0",
+                        "--imatrix", imat, f16, out, typ])
             if "falling back" in proc.stdout + proc.stderr:   # llama.cpp logs it on stderr
                 out.unlink()
                 raise SystemExit(f"llama-quantize fell back to another type for {typ}: the race would not be fair")
