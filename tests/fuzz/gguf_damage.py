@@ -294,17 +294,3 @@ def tiny_llama_gguf(path: Path, *, n_embd: int = 64, n_ff: int = 128, weight_typ
     w.add_eos_token_id(2)
     w.add_unk_token_id(0)
     return _finish(w, path, tensors)
-
-
-def _finish(w, path: Path, tensors) -> Path:
-    import gguf
-    for name, arr, raw_type in tensors:
-        if raw_type is None:
-            w.add_tensor(name, arr)
-        else:
-            w.add_tensor(name, arr, raw_dtype=gguf.GGMLQuantizationType(raw_type))   # bytes: shape from them
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
