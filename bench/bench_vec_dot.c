@@ -7,7 +7,7 @@
 //   L=build/llama.cpp-src/ggml
 //   cc -O3 -march=native -I$L/include -I$L/src -I$L/src/ggml-cpu -Iggml_ext/include -Itests/simd
 //      bench/bench_vec_dot.c ggml_ext/src/ggml-cpu-mpq2.c ggml_ext/src/ggml-mpq2.c -lm -o bench_vec_dot
-//   ./bench_vec_dot [MiB of weights = 64] [row length = 4096] [repeats = 9]
+//   ./bench_vec_dot [MiB of weights = 64] [row length = 4096] [repeats = 9] [fraction of blocks with an int8 word = 0.0004]
 #include "mpq2_support.h"
 
 void ggml_vec_dot_mpq2_q8_0(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);
@@ -66,6 +66,7 @@ int main(int argc, char ** argv) {
     const double mib  = argc > 1 ? atof(argv[1]) : 64.0;
     const int    n    = argc > 2 ? atoi(argv[2]) : 4096;
     int          reps = argc > 3 ? atoi(argv[3]) : 9;
+    const double int8_blocks = argc > 4 ? atof(argv[4]) : 0.0004;
     if (n <= 0 || n % QK_MPQ2 || mib <= 0 || reps <= 0) {
         fprintf(stderr, "usage: %s [MiB of weights] [row length, a multiple of 64] [repeats]\n", argv[0]);
         return 2;
@@ -83,11 +84,15 @@ int main(int argc, char ** argv) {
         fprintf(stderr, "out of memory\n");
         return 1;
     }
-    // random words, random bitmaps (the kernels have no data-dependent branches), sane scales
+    // random words, scale and zero codes; int8 words as rare as in converted models (SmolLM2:
+    // one block in ~2500 has one), since the x86 kernels take a fast path for groups of
+    // all-2-bit blocks. The last argument sets the fraction of blocks with an int8 word.
     const int64_t nblocks = (int64_t) (bytes / sizeof(block_mpq2));
     for (int64_t ib = 0; ib < nblocks; ++ib) {
-        W[ib].d = ggml_fp32_to_fp16(1e-3f * (1.0f + mpq2_randf()));
-        W[ib].meta = (uint16_t) mpq2_rand();
+        W[ib].d = (uint8_t) (120 + mpq2_rand() % 16);
+        W[ib].zero = (uint8_t) mpq2_rand();
+        W[ib].meta = (uint16_t) (mpq2_rand() & 0xFFF0);
+        if (mpq2_randf() < int8_blocks) W[ib].meta |= (uint16_t) (1u << (mpq2_rand() & 3));
         for (int w = 0; w < MPQ2_WORDS; ++w) W[ib].qs[w] = (uint32_t) mpq2_rand();
     }
     for (int i = 0; i < n; ++i) act[i] = mpq2_randn();

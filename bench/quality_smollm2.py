@@ -70,7 +70,9 @@ def llama_quantize(name: str, typ: str, f16: Path, imat: Path | None, pure: bool
         args += ["--imatrix", imat]
     log = ""
     if not out.exists():
-        proc = run([*args, f16, out, typ, THREADS])
+        part = out.with_suffix(".part")   # a killed run leaves no file that looks finished
+        proc = run([*args, f16, part, typ, THREADS])
+        part.replace(out)
         log = proc.stdout + proc.stderr
     return out, log
 
@@ -80,7 +82,7 @@ def convert_mpq(name: str, f16: Path, train: Path, extra: list[str]) -> tuple[Pa
     seconds = 0.0
     if not out.exists():
         t0 = time.time()
-        run([sys.executable, CONVERT, f16, "-o", out, "--calib-file", train, "--quiet", *extra])
+        run([sys.executable, CONVERT, f16, "-o", out, "--calib-file", train, "--quiet", *extra])  # writes atomically
         seconds = time.time() - t0
     return out, seconds
 

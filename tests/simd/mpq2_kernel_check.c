@@ -72,8 +72,12 @@ static void check(const char * what, int n) {
     }
 }
 
+// bitmap -1: random; -2: sparse, as in real files (one block in ~7 has an int8 word), so
+// kernels with a fast path for groups of all-2-bit blocks run both paths in one row
 static uint16_t rand_meta(int bitmap) {
-    return (uint16_t) ((mpq2_rand() & 0xFFF0) | (bitmap < 0 ? (mpq2_rand() & 15) : (uint64_t) bitmap));
+    uint64_t b = bitmap >= 0 ? (uint64_t) bitmap : mpq2_rand() & 15;
+    if (bitmap == -2) b = mpq2_rand() % 7 == 0 ? 1u << (mpq2_rand() & 3) : 0;
+    return (uint16_t) ((mpq2_rand() & 0xFFF0) | b);
 }
 
 #define MPQ2_D_ONE 160   // the block scale code of 1.0
@@ -143,6 +147,7 @@ int main(int argc, char ** argv) {
     static const struct { const char * name; int bitmap; } patterns[] = {
         { "all 2-bit", 0x0 }, { "all int8", 0xF }, { "alternating 0101", 0x5 }, { "alternating 1010", 0xA },
         { "first word int8", 0x1 }, { "last word int8", 0x8 }, { "random bitmap", -1 },
+        { "sparse int8 words", -2 },
     };
     char what[64];
     for (size_t il = 0; il < sizeof(lengths)/sizeof(lengths[0]); ++il) {
@@ -173,10 +178,12 @@ int main(int argc, char ** argv) {
         for (int ib = 0; ib < n / QK_MPQ2; ++ib) X[ib].d = (uint8_t) (ib % 3 == 0 ? 0 : ib % 3 == 1 ? 1 : 255);
         check("smallest/largest d", n);
     }
-    // every multiple of 64 up to 64*64, random bitmaps
+    // every multiple of 64 up to 64*64, random and sparse bitmaps
     for (int n = 64; n <= 64*64; n += 64) {
         fill_random(n, -1, 127);
         check("random, all lengths", n);
+        fill_random(n, -2, 127);
+        check("sparse int8, all lengths", n);
     }
     // misaligned rows: blocks at any 4-byte offset (rows of a GGUF matrix start every 20*k bytes)
     {

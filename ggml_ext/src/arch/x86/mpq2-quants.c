@@ -97,7 +97,10 @@ static const uint32_t mpq2_avx512_scale_ix[16] = { 1, 1, 1, 1, 1, 1, 1, 1, 2, 2,
 static const int32_t  mpq2_avx512_mult[16]     = { 8, 10, 13, 16, 20, 25, 32, 40, 8, 10, 13, 16, 20, 25, 32, 40 };
 // 4-block groups: dword b of lane w holds the header of block b (dword 5b of the group) ...
 static const uint32_t mpq2_avx512_hdr_ix[16]   = { 0, 5, 10, 15, 0, 5, 10, 15, 0, 5, 10, 15, 0, 5, 10, 15 };
-// ... and is shifted by mpq2_avx512_code_sh to the scale code of word w
+// ... and is shifted by mpq2_avx512_code_sh to the scale code of word w.
+// fp16 scale of Q8_0 block k = 2b + w/2 for lane (w, b) = word 4w + b: word 17k of the
+// group's activation bytes 0..127 (k < 4) or 17k - 64 of bytes 128..255 (k >= 4, b >= 2)
+static const uint16_t mpq2_avx512_dy_ix[32]   = { 0, 34, 4, 38, 0, 34, 4, 38, 17, 51, 21, 55, 17, 51, 21, 55 };
 #undef MPQ2_X4
 
 #if defined(__AVX512VBMI__)
@@ -114,6 +117,10 @@ static const uint32_t mpq2_avx512_hdr_ix[16]   = { 0, 5, 10, 15, 0, 5, 10, 15, 0
                         C(w, 8), C(w, 9), C(w,10), C(w,11), C(w,12), C(w,13), C(w,14), C(w,15)
 static const uint8_t mpq2_vbmi_ctrl2[64] = { MPQ2_LANE(MPQ2_C2, 0), MPQ2_LANE(MPQ2_C2, 1), MPQ2_LANE(MPQ2_C2, 2), MPQ2_LANE(MPQ2_C2, 3) };
 static const uint8_t mpq2_vbmi_ctrl8[64] = { MPQ2_LANE(MPQ2_C8, 0), MPQ2_LANE(MPQ2_C8, 1), MPQ2_LANE(MPQ2_C8, 2), MPQ2_LANE(MPQ2_C8, 3) };
+// Fast path (4 words 2-bit): the code lands in bits 2..3 instead, next to the zero code
+#define MPQ2_CF(w, i) (uint8_t) ((((w) & 1)*32 + 8*((i) % 4) + 2*((i) / 4) - 2) & 63)
+static const uint8_t mpq2_vbmi_ctrlf[64] = { MPQ2_LANE(MPQ2_CF, 0), MPQ2_LANE(MPQ2_CF, 1), MPQ2_LANE(MPQ2_CF, 2), MPQ2_LANE(MPQ2_CF, 3) };
+#undef MPQ2_CF
 #undef MPQ2_LANE
 #undef MPQ2_C8
 #undef MPQ2_C2
@@ -134,6 +141,20 @@ static const int8_t mpq2_vbmi_zero[64] = { MPQ2_Z4, MPQ2_Z4, MPQ2_Z4, MPQ2_Z4, M
                                            MPQ2_Z4, MPQ2_Z4, MPQ2_Z4, MPQ2_Z4, MPQ2_Z4, MPQ2_Z4, MPQ2_Z4, MPQ2_Z4 };
 #undef MPQ2_Z4
 #undef MPQ2_ID
+// Fast path lookup: index bits 0..1 zero code z, 2..3 code c (4..5 ignored) -> the unsigned
+// value 16c - ZERO[z] + 32 (0..72); the bias 32 is taken off with one dpbusd of the activations.
+#define MPQ2_FV0(z) (uint8_t) (32 - (z))
+#define MPQ2_FV1(z) (uint8_t) (48 - (z))
+#define MPQ2_FV2(z) (uint8_t) (64 - (z))
+#define MPQ2_FV3(z) (uint8_t) (80 - (z))
+#define MPQ2_FROW MPQ2_ZERO2_APPLY(MPQ2_FV0), MPQ2_ZERO2_APPLY(MPQ2_FV1), MPQ2_ZERO2_APPLY(MPQ2_FV2), MPQ2_ZERO2_APPLY(MPQ2_FV3)
+static const uint8_t mpq2_vbmi_fgrid[64] = { MPQ2_FROW, MPQ2_FROW, MPQ2_FROW, MPQ2_FROW };
+#undef MPQ2_FROW
+#undef MPQ2_FV3
+#undef MPQ2_FV2
+#undef MPQ2_FV1
+#undef MPQ2_FV0
+#define MPQ2_FAST_BIAS 32
 // bitmap nibble -> 64-bit byte mask (bit w -> bytes 16w..16w+15)
 #define MPQ2_M(b) ((b & 1 ? 0xFFFFull : 0) | (b & 2 ? 0xFFFF0000ull : 0) | (b & 4 ? 0xFFFF00000000ull : 0) | (b & 8 ? 0xFFFF000000000000ull : 0))
 static const uint64_t mpq2_vbmi_mask[2][16] = {
@@ -183,6 +204,33 @@ static inline __m512i mpq2_avx512_block(const block_mpq2 * GGML_RESTRICT xb, con
 #endif
 }
 
+#if defined(__AVX512VNNI__)
+#define MPQ2_DPBUSD(u, s) _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s)
+#else
+#define MPQ2_DPBUSD(u, s) _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1))
+#endif
+
+#if defined(__AVX512VBMI__)
+// The same partial sums for a block whose four words are all 2-bit, in 4 decode operations:
+// multishift the codes to bits 2..3 and the zero codes to bits 0..1 of every byte, merge
+// them with one bit-select, look the value up unsigned (16c - z + 32) and take the bias off
+// with a second dpbusd (no sign trick). f: ctrlf, ctrlz, fgrid, 0x0C bytes, bias bytes.
+static inline __m512i mpq2_avx512_block_2bit(const block_mpq2 * GGML_RESTRICT xb, const block_q8_0 * GGML_RESTRICT yb,
+                                             const __m512i * GGML_RESTRICT f) {
+    uint64_t q01, q23;
+    memcpy(&q01, xb->qs + 0, sizeof(q01));
+    memcpy(&q23, xb->qs + 2, sizeof(q23));
+    const __m512i src = _mm512_mask_set1_epi64(_mm512_set1_epi64((long long) q01), 0xF0, (long long) q23);
+    const __m512i ms  = _mm512_multishift_epi64_epi8(f[0], src);
+    const __m512i zv  = _mm512_multishift_epi64_epi8(f[1], _mm512_set1_epi32((int) mpq2_x86_header(xb)));
+    const __m512i ix  = _mm512_ternarylogic_epi32(ms, zv, f[3], 0xE4);   // f[3] ? ms : zv, bitwise
+    const __m512i v   = _mm512_permutexvar_epi8(ix, f[2]);
+    const __m512i a   = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *) yb[0].qs)),
+                                           _mm256_loadu_si256((const __m256i *) yb[1].qs), 1);
+    return _mm512_sub_epi32(MPQ2_DPBUSD(v, a), MPQ2_DPBUSD(f[4], a));
+}
+#endif
+
 static inline uint64_t mpq2_x86_fp16x4(uint16_t a, uint16_t b, uint16_t c, uint16_t d) {
     return (uint64_t) a | (uint64_t) b << 16 | (uint64_t) c << 32 | (uint64_t) d << 48;
 }
@@ -204,20 +252,35 @@ static void mpq2_vec_dot_q8_0_avx512(int n, float * GGML_RESTRICT s, const block
     const __m512i hdr_ix  = _mm512_loadu_si512(mpq2_avx512_hdr_ix);
     const __m512i mult    = _mm512_loadu_si512(mpq2_avx512_mult);
     const __m512i m7      = _mm512_set1_epi32(7);
+#if defined(__AVX512VBMI__)
+    const __m512i f[5] = { _mm512_loadu_si512(mpq2_vbmi_ctrlf), _mm512_loadu_si512(mpq2_vbmi_ctrlz),
+                           _mm512_loadu_si512(mpq2_vbmi_fgrid), _mm512_set1_epi8(0x0C), _mm512_set1_epi8(MPQ2_FAST_BIAS) };
+#endif
 
-    __m256 acc = _mm256_setzero_ps();
+    const __m512i dy_ix   = _mm512_loadu_si512(mpq2_avx512_dy_ix);
+    __m512 acc = _mm512_setzero_ps();
     int ib = 0;
     // Four blocks at a time: reduce the four blocks' partial sums to one (word, block) sum per
-    // dword, multiply all 16 by their word multipliers at once, add the words of each Q8_0
-    // half and scale the 8 half sums by d * d_q8 in one ymm.
+    // dword, multiply all 16 by their word multipliers at once and scale them by d * d_q8.
     for (; ib + 4 <= nb; ib += 4) {
         const block_mpq2 * GGML_RESTRICT xb = x + ib;
         const block_q8_0 * GGML_RESTRICT yb = y + 2*ib;
 
-        const __m512i p0 = mpq2_avx512_block(xb + 0, yb + 0, c);
-        const __m512i p1 = mpq2_avx512_block(xb + 1, yb + 2, c);
-        const __m512i p2 = mpq2_avx512_block(xb + 2, yb + 4, c);
-        const __m512i p3 = mpq2_avx512_block(xb + 3, yb + 6, c);
+        __m512i p0, p1, p2, p3;
+#if defined(__AVX512VBMI__)
+        if (((xb[0].meta | xb[1].meta | xb[2].meta | xb[3].meta) & 15) == 0) {   // no int8 word: nearly always
+            p0 = mpq2_avx512_block_2bit(xb + 0, yb + 0, f);
+            p1 = mpq2_avx512_block_2bit(xb + 1, yb + 2, f);
+            p2 = mpq2_avx512_block_2bit(xb + 2, yb + 4, f);
+            p3 = mpq2_avx512_block_2bit(xb + 3, yb + 6, f);
+        } else
+#endif
+        {
+            p0 = mpq2_avx512_block(xb + 0, yb + 0, c);
+            p1 = mpq2_avx512_block(xb + 1, yb + 2, c);
+            p2 = mpq2_avx512_block(xb + 2, yb + 4, c);
+            p3 = mpq2_avx512_block(xb + 3, yb + 6, c);
+        }
 
         // lane w, dword b: sum of word w of block b
         const __m512i t01 = _mm512_add_epi32(_mm512_unpacklo_epi32(p0, p1), _mm512_unpackhi_epi32(p0, p1));
@@ -226,22 +289,21 @@ static void mpq2_vec_dot_q8_0_avx512(int n, float * GGML_RESTRICT s, const block
 
         // headers of the 4 blocks (bytes 0, 20, 40, 60 of the group) in every lane
         const __m512i hdr  = _mm512_permutexvar_epi32(hdr_ix, _mm512_loadu_si512(xb));
-        const __m512i code = _mm512_and_si512(_mm512_srlv_epi32(hdr, code_sh), m7);
-        const __m512i sm   = _mm512_mullo_epi32(sw, _mm512_permutexvar_epi32(code, mult));
+        // vpermd reads index bits 0..3: the scale code and one bit above it, which the
+        // 16-entry table (the 8 multipliers twice) ignores
+        const __m512i sm   = _mm512_mullo_epi32(sw, _mm512_permutexvar_epi32(_mm512_srlv_epi32(hdr, code_sh), mult));
 
-        // lane 0 + lane 1 = half 0, lane 2 + lane 3 = half 1: ymm [h0 b0..b3, h1 b0..b3]
-        const __m512i sh = _mm512_add_epi32(sm, _mm512_shuffle_i32x4(sm, sm, _MM_SHUFFLE(2, 3, 0, 1)));
-        const __m256i si = _mm512_castsi512_si256(_mm512_shuffle_i32x4(sh, sh, _MM_SHUFFLE(2, 0, 2, 0)));
-
-        // scales in the same order: dx of b (E6M2 in the top byte of each header: bits
-        // (code << 21) + (87 << 23) of a float) times dy of Q8_0 block 2b + h
-        const __m256 dx = _mm256_castsi256_ps(_mm256_add_epi32(
-            _mm256_and_si256(_mm256_srli_epi32(_mm512_castsi512_si256(hdr), 3), _mm256_set1_epi32(0x1FE00000)),
-            _mm256_set1_epi32(87 << 23)));
-        const __m256 dy = _mm256_cvtph_ps(_mm_set_epi64x(
-            (long long) mpq2_x86_fp16x4(yb[1].d, yb[3].d, yb[5].d, yb[7].d),
-            (long long) mpq2_x86_fp16x4(yb[0].d, yb[2].d, yb[4].d, yb[6].d)));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(si), _mm256_mul_ps(dx, dy), acc);
+        // scales per (word, block) lane: dx of b (E6M2 in the top byte of each header: bits
+        // (code << 21) + (87 << 23) of a float) times dy of Q8_0 block 2b + w/2, whose fp16
+        // scales two vpermt2w pick out of the group's first 256 activation bytes
+        const __m512 dx = _mm512_castsi512_ps(_mm512_add_epi32(
+            _mm512_and_si512(_mm512_srli_epi32(hdr, 3), _mm512_set1_epi32(0x1FE00000)), _mm512_set1_epi32(87 << 23)));
+        const __m512i y01 = _mm512_permutex2var_epi16(_mm512_loadu_si512((const char *) yb + 0), dy_ix,
+                                                      _mm512_loadu_si512((const char *) yb + 64));
+        const __m512i y23 = _mm512_permutex2var_epi16(_mm512_loadu_si512((const char *) yb + 128), dy_ix,
+                                                      _mm512_loadu_si512((const char *) yb + 192));
+        const __m512  dy  = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_mask_blend_epi16(0xCCCC, y01, y23)));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sm), _mm512_mul_ps(dx, dy), acc);
     }
     __m512 acc1 = _mm512_setzero_ps();
     for (; ib < nb; ++ib) {
@@ -253,7 +315,7 @@ static void mpq2_vec_dot_q8_0_avx512(int n, float * GGML_RESTRICT s, const block
                                                    _mm512_castps128_ps512(mpq2_x86_block_scales(x + ib, y + 2*ib)));
         acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pm), sc, acc1);
     }
-    *s = mpq2_x86_hsum256(acc) + _mm512_reduce_add_ps(acc1);
+    *s = _mm512_reduce_add_ps(_mm512_add_ps(acc, acc1));
 }
 
 #if defined(__AVX512VNNI__)
