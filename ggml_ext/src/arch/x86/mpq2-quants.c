@@ -381,11 +381,12 @@ static void mpq2_vec_dot_q8_0_avx2(int n, float * GGML_RESTRICT s, const block_m
             const __m256i wv   = _mm256_shuffle_epi8(bc, _mm256_loadu_si256((const __m256i *) mpq2_avx2_ctrl_word[h]));
             const __m256i c2   = _mm256_and_si256(_mm256_srlv_epi32(wv, shift2), m3);
             const __m256i zc   = _mm256_and_si256(_mm256_srlv_epi32(hdr, _mm256_loadu_si256((const __m256i *) mpq2_avx2_zero_sh[h])), m3d);
-            const __m256i v2   = _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(gridz, zc), c2);
-            const __m256i v8   = _mm256_shuffle_epi8(bc, _mm256_loadu_si256((const __m256i *) mpq2_avx2_ctrl_int8[h]));
-            const __m256i bits = _mm256_loadu_si256((const __m256i *) mpq2_avx2_bitmap[h]);
-            const __m256i sel  = _mm256_cmpeq_epi32(_mm256_and_si256(hdr, bits), bits);
-            const __m256i v    = _mm256_blendv_epi8(v2, v8, sel);
+            __m256i v = _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(gridz, zc), c2);
+            if (xb->meta & 15) {   // int8 words: in ~1 block of 2500 in converted models, so branch
+                const __m256i v8   = _mm256_shuffle_epi8(bc, _mm256_loadu_si256((const __m256i *) mpq2_avx2_ctrl_int8[h]));
+                const __m256i bits = _mm256_loadu_si256((const __m256i *) mpq2_avx2_bitmap[h]);
+                v = _mm256_blendv_epi8(v, v8, _mm256_cmpeq_epi32(_mm256_and_si256(hdr, bits), bits));
+            }
 
             const __m256i code = _mm256_and_si256(_mm256_srlv_epi32(hdr, _mm256_loadu_si256((const __m256i *) mpq2_avx2_code_sh[h])), m7);
             const __m256i mw   = _mm256_permutevar8x32_epi32(mult, code);
