@@ -5,6 +5,10 @@ row). Builds bench_vec_dot.c once per kernel (-march=native, then with features 
 prints a markdown table for docs/BENCHMARKS.md.
 
     python3 bench/bench_vec_dot.py [--mib 64] [--n 4096] [--repeats 9] [--cache-mib 0.5]
+    python3 bench/bench_vec_dot.py --types mpq2,q2_K,iq2_xxs,iq2_xs,q2_0,q4_0 [--mib 64] [--cache-mib 0.5]
+
+The second form builds bench/bench_types.c against the patched libraries (LLAMA_MPQ2_LIB_DIR or
+build/bin) and races the CPU backend's own vec_dot of each type over the same number of weights.
 
 Needs a C compiler and the patched llama.cpp headers (LLAMA_MPQ2_SRC_DIR, or build/llama.cpp-src).
 """
@@ -24,6 +28,7 @@ VARIANTS = [  # (label, flags); "scalar" is ggml_vec_dot_mpq2_q8_0_generic from 
     ("-march=native -mno-avx512vbmi", ["-march=native", "-mno-avx512vbmi"]),
     ("-mavx2 -mfma -mf16c", ["-mavx2", "-mfma", "-mf16c"]),
 ]
+INT8_BLOCKS = 0.0004
 LINE = re.compile(r"^(.+?)\s+([\d.]+) MiB\s+min\s+([\d.]+) ms\s+median\s+([\d.]+) ms\s+->\s+([\d.]+) GB/s \(min\)\s+([\d.]+) GB/s")
 
 
@@ -43,7 +48,8 @@ def build(flags: list[str], out: Path) -> None:
 
 
 def measure(exe: Path, mib: float, n: int, repeats: int) -> dict[str, tuple[float, float]]:
-    out = subprocess.run([str(exe), str(mib), str(n), str(repeats)], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run([str(exe), str(mib), str(n), str(repeats), str(INT8_BLOCKS)], check=True, capture_output=True,
+                         text=True).stdout
     res = {}
     for line in out.splitlines():
         m = LINE.match(line)
@@ -52,13 +58,46 @@ def measure(exe: Path, mib: float, n: int, repeats: int) -> dict[str, tuple[floa
     return res
 
 
+TYPE_LINE = re.compile(r"^(\S+(?: \S+)?)\s+([\d.]+) MiB\s+GB/s min-time\s+([\d.]+)\s+median\s+([\d.]+)\s+Gweights/s median\s+([\d.]+)")
+
+
+def race_types(types: str, sizes: list[float], n: int, repeats: int) -> None:
+    from llama_mpq2._libs import lib_dir
+    lib, inc = lib_dir(), llama_src() / "ggml" / "include"
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = Path(tmp) / "bench_types"
+        subprocess.run(["cc", "-O2", f"-I{inc}", str(ROOT / "bench/bench_types.c"), f"-L{lib}", "-lggml-cpu", "-lggml-base",
+                        f"-Wl,-rpath,{lib}", "-lm", "-o", str(exe)], check=True)
+        print(f"row length {n}, {repeats} repeats, 1 thread, the same number of weights for every type\n")
+        print("| weights (as MPQ2) | type | GB/s min-time | GB/s median | G weights/s median | x MPQ2 (weights/s) | stream read GB/s (median) |")
+        print("|---|---|---|---|---|---|---|")
+        for mib in sizes:
+            out = subprocess.run([str(exe), str(mib), str(n), str(repeats), *types.split(",")], check=True,
+                                 capture_output=True, text=True).stdout
+            rows = {m.group(1): m.groups() for m in map(TYPE_LINE.match, out.splitlines()) if m}
+            base = float(rows["mpq2"][4]) if "mpq2" in rows else None
+            for t in types.split(","):
+                _, _, gmin, gmed, gw = rows[t]
+                ratio = f"{float(gw) / base:.2f}" if base else "-"
+                print(f"| {mib:g} MiB | {t} | {float(gmin):.2f} | {float(gmed):.2f} | {float(gw):.2f} | {ratio} | "
+                      f"{float(rows['read ' + t][3]):.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mib", type=float, default=64.0, help="MiB of MPQ2 weights (well above the caches)")
     ap.add_argument("--cache-mib", type=float, default=0.5, help="a second, cache-resident size (0: skip)")
     ap.add_argument("--n", type=int, default=4096, help="row length (a multiple of 64)")
     ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--types", default="", help="race the library's vec_dot of these types instead (ggml type names)")
+    ap.add_argument("--int8-blocks", type=float, default=0.0004,
+                    help="fraction of MPQ2 blocks with an int8 word (default: as in converted models)")
     args = ap.parse_args()
+    global INT8_BLOCKS
+    INT8_BLOCKS = args.int8_blocks
+    if args.types:
+        race_types(args.types, [args.mib] + ([args.cache_mib] if args.cache_mib > 0 else []), args.n, args.repeats)
+        return
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

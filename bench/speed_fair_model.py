@@ -4,6 +4,7 @@
 if llama-quantize reports any fallback). Speed does not depend on the weight values.
 
     python3 bench/speed_fair_model.py [--layers 12] [--threads 1,2] [--reps 3] [--types MPQ2,Q2_K,...]
+                                      [--output-type q4_0] [--prepare-only]
 
 Writes the F16 model (tokenizer metadata copied from SmolLM2's GGUF), an imatrix, one --pure file
 per type, then runs one llama-bench over all files (-p 512 -n 128), side by side in one run, and
@@ -88,6 +89,11 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--types", default=",".join(TYPES))
+    ap.add_argument("--output-type", default="q4_0",
+                    help="type of the output and token embedding in every file (default q4_0: the IQ2 types need an "
+                         "imatrix there, which llama-imatrix does not record; a small type keeps the race on the block matrices)")
+    ap.add_argument("--prepare-only", action="store_true", help="write the model files, do not run the benchmark "
+                    "(quantizing can share the machine, the race cannot)")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     f16 = WORK / f"fair-{args.layers}L-f16.gguf"
@@ -100,16 +106,20 @@ def main() -> None:
         run([bin_path("llama-imatrix"), "-m", f16, "-f", text, "-c", "256", "--chunks", "2", "-o", imat, "--no-ppl"])
     files = []
     for typ in args.types.split(","):
-        out = WORK / f"fair-{args.layers}L-{typ.lower()}.gguf"
+        out = WORK / f"fair-{args.layers}L-{args.output_type}-{typ.lower()}.gguf"
         if not out.exists():
-            # output and token embedding Q8_0 for every type: llama-imatrix records no data for
-            # them, which the IQ2 types require; the race is on the 2048-wide block matrices
-            proc = run([bin_path("llama-quantize"), "--pure", "--output-tensor-type", "q8_0", "--token-embedding-type", "q8_0",
-                        "--imatrix", imat, f16, out, typ])
+            # the output and token embedding are one type for every file (--output-type): the
+            # race is on the 2048-wide block matrices
+            part = out.with_suffix(".part")
+            proc = run([bin_path("llama-quantize"), "--pure", "--output-tensor-type", args.output_type,
+                        "--token-embedding-type", args.output_type, "--imatrix", imat, f16, part, typ])
+            part.replace(out)
             if "falling back" in proc.stdout + proc.stderr:   # llama.cpp logs it on stderr
                 out.unlink()
                 raise SystemExit(f"llama-quantize fell back to another type for {typ}: the race would not be fair")
         files.append(out)
+    if args.prepare_only:
+        return
     stream = {t: stream_bandwidth(int(t)) for t in args.threads.split(",")}
     cmd = [bin_path("llama-bench"), "-p", "512", "-n", "128", "-t", args.threads, "-r", args.reps, "-o", "json"]
     for f in files:

@@ -73,6 +73,13 @@ GGML_API size_t quantize_mpq2_ex(const float * GGML_RESTRICT src, void * GGML_RE
 GGML_API bool   mpq2_validate_row_data(const void * data, size_t nbytes);
 
 // CPU backend (ggml-cpu).
+// Rows and columns one ggml_vec_dot_mpq2_q8_0 call may take (type_traits_cpu.nrows): 2 where a
+// 2x2 kernel shares the decode between two activation columns (x86: AVX2, AVX-512), else 1.
+#if defined(__AVX2__)
+#define GGML_MPQ2_VEC_DOT_NROWS 2
+#else
+#define GGML_MPQ2_VEC_DOT_NROWS 1
+#endif
 void quantize_row_mpq2(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);
 void ggml_vec_dot_mpq2_q8_0(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
                             const void * GGML_RESTRICT vy, size_t by, int nrc);

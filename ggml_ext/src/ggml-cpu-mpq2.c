@@ -64,12 +64,31 @@ void ggml_vec_dot_mpq2_q8_0_generic(int n, float * GGML_RESTRICT s, size_t bs, c
 #include "arch/arm/mpq2-quants.c"
 #endif
 
+#if GGML_MPQ2_VEC_DOT_NROWS == 2 && !defined(MPQ2_VEC_DOT_SIMD_2X2)
+#error "GGML_MPQ2_VEC_DOT_NROWS says 2 but this target has no 2x2 kernel"
+#endif
+
+// nrc == 2 (type_traits_cpu.nrows = GGML_MPQ2_VEC_DOT_NROWS): rows vx, vx + bx times columns
+// vy, vy + by, s[r + c*bs] = row r . column c, as ggml's mul_mat calls it.
 void ggml_vec_dot_mpq2_q8_0(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
                             const void * GGML_RESTRICT vy, size_t by, int nrc) {
-#if defined(MPQ2_VEC_DOT_SIMD)
     assert(n % QK_MPQ2 == 0);
-    assert(nrc == 1);
-    GGML_UNUSED(nrc); GGML_UNUSED(bx); GGML_UNUSED(by); GGML_UNUSED(bs);
+    assert(nrc == 1 || nrc == 2);
+#if defined(MPQ2_VEC_DOT_SIMD_2X2)
+    if (nrc == 2) {
+        MPQ2_VEC_DOT_SIMD_2X2(n, s, bs, (const block_mpq2 *) vx, (const block_mpq2 *) ((const char *) vx + bx),
+                              (const block_q8_0 *) vy, (const block_q8_0 *) ((const char *) vy + by));
+        return;
+    }
+#endif
+    if (nrc == 2) {   // no 2x2 kernel here: four single dot products
+        for (int c = 0; c < 2; ++c)
+            for (int r = 0; r < 2; ++r)
+                ggml_vec_dot_mpq2_q8_0(n, s + r + c*bs, 0, (const char *) vx + r*bx, 0, (const char *) vy + c*by, 0, 1);
+        return;
+    }
+#if defined(MPQ2_VEC_DOT_SIMD)
+    GGML_UNUSED(bx); GGML_UNUSED(by); GGML_UNUSED(bs);
     MPQ2_VEC_DOT_SIMD(n, s, (const block_mpq2 *) vx, (const block_q8_0 *) vy);
 #else
     ggml_vec_dot_mpq2_q8_0_generic(n, s, bs, vx, bx, vy, by, nrc);

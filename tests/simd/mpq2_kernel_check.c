@@ -50,7 +50,38 @@ static double reference(int n, double * abs_sum) {
     return sum;
 }
 
+// The nrc == 2 call (two rows x two columns, ggml's mul_mat for prompts) must give exactly
+// the four nrc == 1 results: rows X and X rotated by one block, columns Y and Y rotated.
+static block_mpq2 XX[2][MAX_N / QK_MPQ2];
+static block_q8_0 YY[2][MAX_N / QK8_0];
+
+static void check_2x2(const char * what, int n) {
+    const int nbx = n / QK_MPQ2, nby = n / QK8_0;
+    memcpy(XX[0], X, sizeof(block_mpq2) * nbx);
+    memcpy(YY[0], Y, sizeof(block_q8_0) * nby);
+    for (int i = 0; i < nbx; ++i) XX[1][i] = X[(i + 1) % nbx];
+    for (int i = 0; i < nby; ++i) YY[1][i] = Y[(i + 2) % nby];
+    float s4[2 * 3];
+    const size_t bs = 3;   // any output stride
+    ggml_vec_dot_mpq2_q8_0(n, s4, bs, XX[0], sizeof(XX[0]), YY[0], sizeof(YY[0]), 2);
+    for (int c = 0; c < 2; ++c) {
+        for (int r = 0; r < 2; ++r) {
+            float one = NAN;
+            ggml_vec_dot_mpq2_q8_0(n, &one, 0, XX[r], 0, YY[c], 0, 1);
+            n_cases++;
+            if (memcmp(&one, &s4[r + c*bs], sizeof(float)) != 0) {
+                n_fail++;
+                if (n_fail <= 20) {
+                    fprintf(stderr, "FAIL %-28s n=%5d 2x2 call row %d col %d = %.9g, single call %.9g\n",
+                            what, n, r, c, s4[r + c*bs], one);
+                }
+            }
+        }
+    }
+}
+
 static void check(const char * what, int n) {
+    check_2x2(what, n);
     float got = NAN, gen = NAN;
     ggml_vec_dot_mpq2_q8_0(n, &got, 0, X, 0, Y, 0, 1);
     ggml_vec_dot_mpq2_q8_0_generic(n, &gen, 0, X, 0, Y, 0, 1);

@@ -210,113 +210,187 @@ static inline __m512i mpq2_avx512_block(const block_mpq2 * GGML_RESTRICT xb, con
 #define MPQ2_DPBUSD(u, s) _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1))
 #endif
 
+// Loop constants of the AVX-512 kernels (kept in registers once inlined).
+typedef struct {
+    __m512i c[6];      // general decode (mpq2_avx512_block)
+    __m512i f[5];      // fast decode (VBMI): ctrlf, ctrlz, fgrid, 0x0C bytes, bias bytes
+    __m512i code_sh, hdr_ix, mult, dy_ix;
+} mpq2_avx512_k;
+
+static inline void mpq2_avx512_init(mpq2_avx512_k * k) {
 #if defined(__AVX512VBMI__)
-// The same partial sums for a block whose four words are all 2-bit, in 4 decode operations:
-// multishift the codes to bits 2..3 and the zero codes to bits 0..1 of every byte, merge
-// them with one bit-select, look the value up unsigned (16c - z + 32) and take the bias off
-// with a second dpbusd (no sign trick). f: ctrlf, ctrlz, fgrid, 0x0C bytes, bias bytes.
-static inline __m512i mpq2_avx512_block_2bit(const block_mpq2 * GGML_RESTRICT xb, const block_q8_0 * GGML_RESTRICT yb,
-                                             const __m512i * GGML_RESTRICT f) {
+    k->c[0] = _mm512_loadu_si512(mpq2_vbmi_ctrl2); k->c[1] = _mm512_loadu_si512(mpq2_vbmi_ctrl8);
+    k->c[2] = _mm512_loadu_si512(mpq2_vbmi_grid);  k->c[3] = _mm512_loadu_si512(mpq2_vbmi_ctrlz);
+    k->c[4] = _mm512_loadu_si512(mpq2_vbmi_zero);  k->c[5] = _mm512_setzero_si512();
+    k->f[0] = _mm512_loadu_si512(mpq2_vbmi_ctrlf); k->f[1] = _mm512_loadu_si512(mpq2_vbmi_ctrlz);
+    k->f[2] = _mm512_loadu_si512(mpq2_vbmi_fgrid); k->f[3] = _mm512_set1_epi8(0x0C);
+    k->f[4] = _mm512_set1_epi8(MPQ2_FAST_BIAS);
+#else
+    k->c[0] = _mm512_loadu_si512(mpq2_avx512_ctrl_word); k->c[1] = _mm512_loadu_si512(mpq2_avx512_ctrl_int8);
+    k->c[2] = _mm512_loadu_si512(mpq2_x86_gridz);        k->c[3] = _mm512_loadu_si512(mpq2_avx512_shift2);
+    k->c[4] = _mm512_loadu_si512(mpq2_avx512_bitmap);    k->c[5] = _mm512_loadu_si512(mpq2_avx512_zero_sh);
+#endif
+    k->code_sh = _mm512_loadu_si512(mpq2_avx512_code_sh);
+    k->hdr_ix  = _mm512_loadu_si512(mpq2_avx512_hdr_ix);
+    k->mult    = _mm512_loadu_si512(mpq2_avx512_mult);
+    k->dy_ix   = _mm512_loadu_si512(mpq2_avx512_dy_ix);
+}
+
+// The 64 activations of one block (two Q8_0 blocks) in one zmm.
+static inline __m512i mpq2_avx512_act(const block_q8_0 * GGML_RESTRICT yb) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *) yb[0].qs)),
+                              _mm256_loadu_si256((const __m256i *) yb[1].qs), 1);
+}
+
+#if defined(__AVX512VBMI__)
+// Fast decode of a block whose four words are all 2-bit, in 4 operations: multishift the codes
+// to bits 2..3 and the zero codes to bits 0..1 of every byte, merge them with one bit-select
+// and look the value up unsigned (16c - z + 32, 0..72). The caller takes the bias 32 off with a
+// second dpbusd of the activations (no sign trick).
+static inline __m512i mpq2_avx512_decode_2bit(const block_mpq2 * GGML_RESTRICT xb, const mpq2_avx512_k * k) {
     uint64_t q01, q23;
     memcpy(&q01, xb->qs + 0, sizeof(q01));
     memcpy(&q23, xb->qs + 2, sizeof(q23));
     const __m512i src = _mm512_mask_set1_epi64(_mm512_set1_epi64((long long) q01), 0xF0, (long long) q23);
-    const __m512i ms  = _mm512_multishift_epi64_epi8(f[0], src);
-    const __m512i zv  = _mm512_multishift_epi64_epi8(f[1], _mm512_set1_epi32((int) mpq2_x86_header(xb)));
-    const __m512i ix  = _mm512_ternarylogic_epi32(ms, zv, f[3], 0xE4);   // f[3] ? ms : zv, bitwise
-    const __m512i v   = _mm512_permutexvar_epi8(ix, f[2]);
-    const __m512i a   = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *) yb[0].qs)),
-                                           _mm256_loadu_si256((const __m256i *) yb[1].qs), 1);
-    return _mm512_sub_epi32(MPQ2_DPBUSD(v, a), MPQ2_DPBUSD(f[4], a));
+    const __m512i ms  = _mm512_multishift_epi64_epi8(k->f[0], src);
+    const __m512i zv  = _mm512_multishift_epi64_epi8(k->f[1], _mm512_set1_epi32((int) mpq2_x86_header(xb)));
+    const __m512i ix  = _mm512_ternarylogic_epi32(ms, zv, k->f[3], 0xE4);   // f[3] ? ms : zv, bitwise
+    return _mm512_permutexvar_epi8(ix, k->f[2]);
+}
+
+static inline bool mpq2_avx512_all_2bit(const block_mpq2 * GGML_RESTRICT xb) {   // 4 blocks: no int8 word
+    return ((xb[0].meta | xb[1].meta | xb[2].meta | xb[3].meta) & 15) == 0;
 }
 #endif
 
-static inline uint64_t mpq2_x86_fp16x4(uint16_t a, uint16_t b, uint16_t c, uint16_t d) {
-    return (uint64_t) a | (uint64_t) b << 16 | (uint64_t) c << 32 | (uint64_t) d << 48;
+// Word multipliers of 4 blocks in (word w, block b) lanes, and the block scales dx likewise.
+static inline void mpq2_avx512_row_scales(const block_mpq2 * GGML_RESTRICT xb, const mpq2_avx512_k * k,
+                                          __m512i * mw, __m512 * dx) {
+    // headers of the 4 blocks (bytes 0, 20, 40, 60 of the group) in every lane
+    const __m512i hdr = _mm512_permutexvar_epi32(k->hdr_ix, _mm512_loadu_si512(xb));
+    // vpermd reads index bits 0..3: the scale code and one bit above it, which the 16-entry
+    // table (the 8 multipliers twice) ignores
+    *mw = _mm512_permutexvar_epi32(_mm512_srlv_epi32(hdr, k->code_sh), k->mult);
+    // E6M2 in the top byte of each header: bits (code << 21) + (87 << 23) of a float
+    *dx = _mm512_castsi512_ps(_mm512_add_epi32(
+        _mm512_and_si512(_mm512_srli_epi32(hdr, 3), _mm512_set1_epi32(0x1FE00000)), _mm512_set1_epi32(87 << 23)));
 }
 
+// dy of Q8_0 block 2b + w/2 in lane (w, b): two vpermt2w pick the fp16 scales out of the
+// group's first 256 activation bytes.
+static inline __m512 mpq2_avx512_col_scales(const block_q8_0 * GGML_RESTRICT yb, const mpq2_avx512_k * k) {
+    const __m512i y01 = _mm512_permutex2var_epi16(_mm512_loadu_si512((const char *) yb + 0), k->dy_ix,
+                                                  _mm512_loadu_si512((const char *) yb + 64));
+    const __m512i y23 = _mm512_permutex2var_epi16(_mm512_loadu_si512((const char *) yb + 128), k->dy_ix,
+                                                  _mm512_loadu_si512((const char *) yb + 192));
+    return _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_mask_blend_epi16(0xCCCC, y01, y23)));
+}
+
+// Reduces 4 blocks' per-dword partial sums to one (word, block) sum per lane, multiplies them by
+// the word multipliers (exact integers) and accumulates them times dx * dy.
+static inline __m512 mpq2_avx512_reduce(const __m512i * p, __m512i mw, __m512 scale, __m512 acc) {
+    const __m512i t01 = _mm512_add_epi32(_mm512_unpacklo_epi32(p[0], p[1]), _mm512_unpackhi_epi32(p[0], p[1]));
+    const __m512i t23 = _mm512_add_epi32(_mm512_unpacklo_epi32(p[2], p[3]), _mm512_unpackhi_epi32(p[2], p[3]));
+    const __m512i sw  = _mm512_add_epi32(_mm512_unpacklo_epi64(t01, t23), _mm512_unpackhi_epi64(t01, t23));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_mullo_epi32(sw, mw)), scale, acc);
+}
+
+// One block on its own (the last nb % 4 blocks of a row).
+static inline __m512 mpq2_avx512_single(const block_mpq2 * GGML_RESTRICT xb, const block_q8_0 * GGML_RESTRICT yb,
+                                        const mpq2_avx512_k * k, __m512 acc) {
+    const __m512i p    = mpq2_avx512_block(xb, yb, k->c);
+    const __m512i hdr  = _mm512_set1_epi32((int) mpq2_x86_header(xb));
+    const __m512i code = _mm512_srlv_epi32(hdr, k->code_sh);   // bits 0..3 index the 16-entry table
+    const __m512i pm   = _mm512_mullo_epi32(p, _mm512_permutexvar_epi32(code, k->mult));
+    const __m512  sc   = _mm512_permutexvar_ps(_mm512_loadu_si512(mpq2_avx512_scale_ix),
+                                               _mm512_castps128_ps512(mpq2_x86_block_scales(xb, yb)));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(pm), sc, acc);
+}
+
+// One row, one column. Four blocks at a time: each block's partial sums per dword, then one
+// reduction, one vpmulld for the 16 word multipliers and one fma with d * d_q8.
 static void mpq2_vec_dot_q8_0_avx512(int n, float * GGML_RESTRICT s, const block_mpq2 * GGML_RESTRICT x,
                                      const block_q8_0 * GGML_RESTRICT y) {
     const int nb = n / QK_MPQ2;
+    mpq2_avx512_k k;
+    mpq2_avx512_init(&k);
 
-#if defined(__AVX512VBMI__)
-    const __m512i c[6] = { _mm512_loadu_si512(mpq2_vbmi_ctrl2), _mm512_loadu_si512(mpq2_vbmi_ctrl8),
-                           _mm512_loadu_si512(mpq2_vbmi_grid), _mm512_loadu_si512(mpq2_vbmi_ctrlz),
-                           _mm512_loadu_si512(mpq2_vbmi_zero) };
-#else
-    const __m512i c[6] = { _mm512_loadu_si512(mpq2_avx512_ctrl_word), _mm512_loadu_si512(mpq2_avx512_ctrl_int8),
-                           _mm512_loadu_si512(mpq2_x86_gridz), _mm512_loadu_si512(mpq2_avx512_shift2),
-                           _mm512_loadu_si512(mpq2_avx512_bitmap), _mm512_loadu_si512(mpq2_avx512_zero_sh) };
-#endif
-    const __m512i code_sh = _mm512_loadu_si512(mpq2_avx512_code_sh);
-    const __m512i hdr_ix  = _mm512_loadu_si512(mpq2_avx512_hdr_ix);
-    const __m512i mult    = _mm512_loadu_si512(mpq2_avx512_mult);
-    const __m512i m7      = _mm512_set1_epi32(7);
-#if defined(__AVX512VBMI__)
-    const __m512i f[5] = { _mm512_loadu_si512(mpq2_vbmi_ctrlf), _mm512_loadu_si512(mpq2_vbmi_ctrlz),
-                           _mm512_loadu_si512(mpq2_vbmi_fgrid), _mm512_set1_epi8(0x0C), _mm512_set1_epi8(MPQ2_FAST_BIAS) };
-#endif
-
-    const __m512i dy_ix   = _mm512_loadu_si512(mpq2_avx512_dy_ix);
     __m512 acc = _mm512_setzero_ps();
     int ib = 0;
-    // Four blocks at a time: reduce the four blocks' partial sums to one (word, block) sum per
-    // dword, multiply all 16 by their word multipliers at once and scale them by d * d_q8.
     for (; ib + 4 <= nb; ib += 4) {
         const block_mpq2 * GGML_RESTRICT xb = x + ib;
         const block_q8_0 * GGML_RESTRICT yb = y + 2*ib;
-
-        __m512i p0, p1, p2, p3;
+        __m512i p[4];
 #if defined(__AVX512VBMI__)
-        if (((xb[0].meta | xb[1].meta | xb[2].meta | xb[3].meta) & 15) == 0) {   // no int8 word: nearly always
-            p0 = mpq2_avx512_block_2bit(xb + 0, yb + 0, f);
-            p1 = mpq2_avx512_block_2bit(xb + 1, yb + 2, f);
-            p2 = mpq2_avx512_block_2bit(xb + 2, yb + 4, f);
-            p3 = mpq2_avx512_block_2bit(xb + 3, yb + 6, f);
+        if (mpq2_avx512_all_2bit(xb)) {   // nearly always
+            for (int b = 0; b < 4; ++b) {
+                const __m512i a = mpq2_avx512_act(yb + 2*b);
+                p[b] = _mm512_sub_epi32(MPQ2_DPBUSD(mpq2_avx512_decode_2bit(xb + b, &k), a), MPQ2_DPBUSD(k.f[4], a));
+            }
         } else
 #endif
         {
-            p0 = mpq2_avx512_block(xb + 0, yb + 0, c);
-            p1 = mpq2_avx512_block(xb + 1, yb + 2, c);
-            p2 = mpq2_avx512_block(xb + 2, yb + 4, c);
-            p3 = mpq2_avx512_block(xb + 3, yb + 6, c);
+            for (int b = 0; b < 4; ++b) p[b] = mpq2_avx512_block(xb + b, yb + 2*b, k.c);
         }
-
-        // lane w, dword b: sum of word w of block b
-        const __m512i t01 = _mm512_add_epi32(_mm512_unpacklo_epi32(p0, p1), _mm512_unpackhi_epi32(p0, p1));
-        const __m512i t23 = _mm512_add_epi32(_mm512_unpacklo_epi32(p2, p3), _mm512_unpackhi_epi32(p2, p3));
-        const __m512i sw  = _mm512_add_epi32(_mm512_unpacklo_epi64(t01, t23), _mm512_unpackhi_epi64(t01, t23));
-
-        // headers of the 4 blocks (bytes 0, 20, 40, 60 of the group) in every lane
-        const __m512i hdr  = _mm512_permutexvar_epi32(hdr_ix, _mm512_loadu_si512(xb));
-        // vpermd reads index bits 0..3: the scale code and one bit above it, which the
-        // 16-entry table (the 8 multipliers twice) ignores
-        const __m512i sm   = _mm512_mullo_epi32(sw, _mm512_permutexvar_epi32(_mm512_srlv_epi32(hdr, code_sh), mult));
-
-        // scales per (word, block) lane: dx of b (E6M2 in the top byte of each header: bits
-        // (code << 21) + (87 << 23) of a float) times dy of Q8_0 block 2b + w/2, whose fp16
-        // scales two vpermt2w pick out of the group's first 256 activation bytes
-        const __m512 dx = _mm512_castsi512_ps(_mm512_add_epi32(
-            _mm512_and_si512(_mm512_srli_epi32(hdr, 3), _mm512_set1_epi32(0x1FE00000)), _mm512_set1_epi32(87 << 23)));
-        const __m512i y01 = _mm512_permutex2var_epi16(_mm512_loadu_si512((const char *) yb + 0), dy_ix,
-                                                      _mm512_loadu_si512((const char *) yb + 64));
-        const __m512i y23 = _mm512_permutex2var_epi16(_mm512_loadu_si512((const char *) yb + 128), dy_ix,
-                                                      _mm512_loadu_si512((const char *) yb + 192));
-        const __m512  dy  = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_mask_blend_epi16(0xCCCC, y01, y23)));
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sm), _mm512_mul_ps(dx, dy), acc);
+        __m512i mw;
+        __m512  dx;
+        mpq2_avx512_row_scales(xb, &k, &mw, &dx);
+        acc = mpq2_avx512_reduce(p, mw, _mm512_mul_ps(dx, mpq2_avx512_col_scales(yb, &k)), acc);
     }
-    __m512 acc1 = _mm512_setzero_ps();
-    for (; ib < nb; ++ib) {
-        const __m512i p    = mpq2_avx512_block(x + ib, y + 2*ib, c);
-        const __m512i hdr  = _mm512_set1_epi32((int) mpq2_x86_header(x + ib));
-        const __m512i code = _mm512_and_si512(_mm512_srlv_epi32(hdr, code_sh), m7);
-        const __m512i pm   = _mm512_mullo_epi32(p, _mm512_permutexvar_epi32(code, mult));
-        const __m512  sc   = _mm512_permutexvar_ps(_mm512_loadu_si512(mpq2_avx512_scale_ix),
-                                                   _mm512_castps128_ps512(mpq2_x86_block_scales(x + ib, y + 2*ib)));
-        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pm), sc, acc1);
-    }
-    *s = _mm512_reduce_add_ps(_mm512_add_ps(acc, acc1));
+    for (; ib < nb; ++ib) acc = mpq2_avx512_single(x + ib, y + 2*ib, &k, acc);
+    *s = _mm512_reduce_add_ps(acc);
 }
+
+// Two rows x two columns (ggml's nrows = 2 path, used for prompt processing): each row's words
+// are decoded once for both columns, each column's activations and bias sums once for both
+// rows, the row and column scales once each. s[r + c*bs] = row r . column c.
+static void mpq2_vec_dot_q8_0_avx512_2x2(int n, float * GGML_RESTRICT s, size_t bs,
+                                         const block_mpq2 * GGML_RESTRICT x0, const block_mpq2 * GGML_RESTRICT x1,
+                                         const block_q8_0 * GGML_RESTRICT y0, const block_q8_0 * GGML_RESTRICT y1) {
+    const int nb = n / QK_MPQ2;
+    mpq2_avx512_k k;
+    mpq2_avx512_init(&k);
+    const block_mpq2 * GGML_RESTRICT x[2] = { x0, x1 };
+    const block_q8_0 * GGML_RESTRICT y[2] = { y0, y1 };
+
+    __m512 acc[2][2] = { { _mm512_setzero_ps(), _mm512_setzero_ps() }, { _mm512_setzero_ps(), _mm512_setzero_ps() } };
+    int ib = 0;
+    for (; ib + 4 <= nb; ib += 4) {
+        __m512i p[2][2][4];   // [row][column][block]
+#if defined(__AVX512VBMI__)
+        if (mpq2_avx512_all_2bit(x0 + ib) && mpq2_avx512_all_2bit(x1 + ib)) {
+            for (int b = 0; b < 4; ++b) {
+                const __m512i v0 = mpq2_avx512_decode_2bit(x0 + ib + b, &k);
+                const __m512i v1 = mpq2_avx512_decode_2bit(x1 + ib + b, &k);
+                for (int c = 0; c < 2; ++c) {
+                    const __m512i a    = mpq2_avx512_act(y[c] + 2*(ib + b));
+                    const __m512i bias = MPQ2_DPBUSD(k.f[4], a);
+                    p[0][c][b] = _mm512_sub_epi32(MPQ2_DPBUSD(v0, a), bias);
+                    p[1][c][b] = _mm512_sub_epi32(MPQ2_DPBUSD(v1, a), bias);
+                }
+            }
+        } else
+#endif
+        {
+            for (int r = 0; r < 2; ++r)
+                for (int c = 0; c < 2; ++c)
+                    for (int b = 0; b < 4; ++b) p[r][c][b] = mpq2_avx512_block(x[r] + ib + b, y[c] + 2*(ib + b), k.c);
+        }
+        const __m512 dy[2] = { mpq2_avx512_col_scales(y0 + 2*ib, &k), mpq2_avx512_col_scales(y1 + 2*ib, &k) };
+        for (int r = 0; r < 2; ++r) {
+            __m512i mw;
+            __m512  dx;
+            mpq2_avx512_row_scales(x[r] + ib, &k, &mw, &dx);
+            for (int c = 0; c < 2; ++c) acc[r][c] = mpq2_avx512_reduce(p[r][c], mw, _mm512_mul_ps(dx, dy[c]), acc[r][c]);
+        }
+    }
+    for (; ib < nb; ++ib)
+        for (int r = 0; r < 2; ++r)
+            for (int c = 0; c < 2; ++c) acc[r][c] = mpq2_avx512_single(x[r] + ib, y[c] + 2*ib, &k, acc[r][c]);
+    for (int r = 0; r < 2; ++r)
+        for (int c = 0; c < 2; ++c) s[r + c*bs] = _mm512_reduce_add_ps(acc[r][c]);
+}
+#define MPQ2_VEC_DOT_SIMD_2X2 mpq2_vec_dot_q8_0_avx512_2x2
 
 #if defined(__AVX512VNNI__)
 #define MPQ2_VEC_DOT_SIMD_NAME "avx512_vnni"
@@ -353,64 +427,104 @@ static const int32_t  mpq2_avx2_mult[8]       = { MPQ2_PAIR(8), MPQ2_PAIR(10), M
 #undef MPQ2_PAIR
 #endif
 
+typedef struct {   // loop constants of the AVX2 kernels
+    __m256i gridz, m3d, shift2, mult, m3, m7;
+} mpq2_avx2_k;
+
+static inline void mpq2_avx2_init(mpq2_avx2_k * k) {
+    k->gridz  = _mm256_loadu_si256((const __m256i *) mpq2_x86_gridz);
+    k->m3d    = _mm256_set1_epi32(3);
+    k->shift2 = _mm256_loadu_si256((const __m256i *) mpq2_avx2_shift2);
+    k->mult   = _mm256_loadu_si256((const __m256i *) mpq2_avx2_mult);
+    k->m3     = _mm256_set1_epi8(3);
+    k->m7     = _mm256_set1_epi32(7);
+}
+
+// Decoded half h (words 2h, 2h+1) of a block: the signed values v, |v| and the word
+// multipliers of each dword.
+typedef struct { __m256i v, av, mw; } mpq2_avx2_half;
+
+static inline mpq2_avx2_half mpq2_avx2_decode(const block_mpq2 * GGML_RESTRICT xb, int h, const mpq2_avx2_k * k) {
+    const __m256i hdr  = _mm256_set1_epi32((int) mpq2_x86_header(xb));
+    const __m256i bc   = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) xb->qs));
+    const __m256i wv   = _mm256_shuffle_epi8(bc, _mm256_loadu_si256((const __m256i *) mpq2_avx2_ctrl_word[h]));
+    const __m256i c2   = _mm256_and_si256(_mm256_srlv_epi32(wv, k->shift2), k->m3);
+    const __m256i zc   = _mm256_and_si256(_mm256_srlv_epi32(hdr, _mm256_loadu_si256((const __m256i *) mpq2_avx2_zero_sh[h])), k->m3d);
+    __m256i v = _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(k->gridz, zc), c2);
+    if (xb->meta & 15) {   // int8 words: in ~1 block of 2500 in converted models, so branch
+        const __m256i v8   = _mm256_shuffle_epi8(bc, _mm256_loadu_si256((const __m256i *) mpq2_avx2_ctrl_int8[h]));
+        const __m256i bits = _mm256_loadu_si256((const __m256i *) mpq2_avx2_bitmap[h]);
+        v = _mm256_blendv_epi8(v, v8, _mm256_cmpeq_epi32(_mm256_and_si256(hdr, bits), bits));
+    }
+    const __m256i code = _mm256_and_si256(_mm256_srlv_epi32(hdr, _mm256_loadu_si256((const __m256i *) mpq2_avx2_code_sh[h])), k->m7);
+    const mpq2_avx2_half r = { v, _mm256_sign_epi8(v, v), _mm256_permutevar8x32_epi32(k->mult, code) };
+    return r;
+}
+
+// Dot of a decoded half with 32 activations (sign trick), times the word multipliers: 8 int32.
+static inline __m256i mpq2_avx2_dot(const mpq2_avx2_half * d, const int8_t * GGML_RESTRICT qs) {
+    const __m256i sa = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *) qs), d->v);
+#if defined(MPQ2_AVX2_VNNI)
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_mullo_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), d->av, sa), d->mw);
+#else
+    return _mm256_mullo_epi32(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), d->av, sa), d->mw);
+#endif
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(d->av, sa), d->mw);
+#endif
+}
+
 static void mpq2_vec_dot_q8_0_avx2(int n, float * GGML_RESTRICT s, const block_mpq2 * GGML_RESTRICT x,
                                    const block_q8_0 * GGML_RESTRICT y) {
     const int nb = n / QK_MPQ2;
+    mpq2_avx2_k k;
+    mpq2_avx2_init(&k);
 
-    const __m256i gridz  = _mm256_loadu_si256((const __m256i *) mpq2_x86_gridz);
-    const __m256i m3d    = _mm256_set1_epi32(3);
-    const __m256i shift2 = _mm256_loadu_si256((const __m256i *) mpq2_avx2_shift2);
-    const __m256i mult   = _mm256_loadu_si256((const __m256i *) mpq2_avx2_mult);
-    const __m256i m3     = _mm256_set1_epi8(3);
-    const __m256i m7     = _mm256_set1_epi32(7);
-
-    __m256 acc0 = _mm256_setzero_ps();
-    __m256 acc1 = _mm256_setzero_ps();
-
+    __m256 acc[2] = { _mm256_setzero_ps(), _mm256_setzero_ps() };
     for (int ib = 0; ib < nb; ++ib) {
-        const block_mpq2 * GGML_RESTRICT xb = x + ib;
-        const block_q8_0 * GGML_RESTRICT yb = y + 2*ib;
-
-        const __m256i hdr = _mm256_set1_epi32((int) mpq2_x86_header(xb));
-        const __m256i bc  = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) xb->qs));
-        const __m128  sc  = mpq2_x86_block_scales(xb, yb);
-        const __m256  sc8 = _mm256_castps128_ps256(sc);
-
-        __m256i p[2];
+        const __m128 sc = mpq2_x86_block_scales(x + ib, y + 2*ib);   // [dx, dx*dy0, dx*dy1, 0]
         for (int h = 0; h < 2; ++h) {
-            const __m256i wv   = _mm256_shuffle_epi8(bc, _mm256_loadu_si256((const __m256i *) mpq2_avx2_ctrl_word[h]));
-            const __m256i c2   = _mm256_and_si256(_mm256_srlv_epi32(wv, shift2), m3);
-            const __m256i zc   = _mm256_and_si256(_mm256_srlv_epi32(hdr, _mm256_loadu_si256((const __m256i *) mpq2_avx2_zero_sh[h])), m3d);
-            __m256i v = _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(gridz, zc), c2);
-            if (xb->meta & 15) {   // int8 words: in ~1 block of 2500 in converted models, so branch
-                const __m256i v8   = _mm256_shuffle_epi8(bc, _mm256_loadu_si256((const __m256i *) mpq2_avx2_ctrl_int8[h]));
-                const __m256i bits = _mm256_loadu_si256((const __m256i *) mpq2_avx2_bitmap[h]);
-                v = _mm256_blendv_epi8(v, v8, _mm256_cmpeq_epi32(_mm256_and_si256(hdr, bits), bits));
-            }
-
-            const __m256i code = _mm256_and_si256(_mm256_srlv_epi32(hdr, _mm256_loadu_si256((const __m256i *) mpq2_avx2_code_sh[h])), m7);
-            const __m256i mw   = _mm256_permutevar8x32_epi32(mult, code);
-
-            const __m256i a  = _mm256_loadu_si256((const __m256i *) yb[h].qs);
-            const __m256i av = _mm256_sign_epi8(v, v);
-            const __m256i sa = _mm256_sign_epi8(a, v);
-#if defined(MPQ2_AVX2_VNNI)
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-            p[h] = _mm256_mullo_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), av, sa), mw);
-#else
-            p[h] = _mm256_mullo_epi32(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), av, sa), mw);
-#endif
-#else
-            p[h] = _mm256_madd_epi16(_mm256_maddubs_epi16(av, sa), mw);
-#endif
+            const mpq2_avx2_half d = mpq2_avx2_decode(x + ib, h, &k);
+            const __m256 sh = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(sc), _mm256_set1_epi32(1 + h));
+            acc[h] = MPQ2_FMADD256(_mm256_cvtepi32_ps(mpq2_avx2_dot(&d, y[2*ib + h].qs)), sh, acc[h]);
         }
-        const __m256 s0 = _mm256_permutevar8x32_ps(sc8, _mm256_set1_epi32(1));
-        const __m256 s1 = _mm256_permutevar8x32_ps(sc8, _mm256_set1_epi32(2));
-        acc0 = MPQ2_FMADD256(_mm256_cvtepi32_ps(p[0]), s0, acc0);
-        acc1 = MPQ2_FMADD256(_mm256_cvtepi32_ps(p[1]), s1, acc1);
     }
-    *s = mpq2_x86_hsum256(_mm256_add_ps(acc0, acc1));
+    *s = mpq2_x86_hsum256(_mm256_add_ps(acc[0], acc[1]));
 }
+
+// Two rows x two columns (ggml's nrows = 2 path for prompts): each half block is decoded once
+// per row and used for both columns. s[r + c*bs] = row r . column c.
+static void mpq2_vec_dot_q8_0_avx2_2x2(int n, float * GGML_RESTRICT s, size_t bs,
+                                       const block_mpq2 * GGML_RESTRICT x0, const block_mpq2 * GGML_RESTRICT x1,
+                                       const block_q8_0 * GGML_RESTRICT y0, const block_q8_0 * GGML_RESTRICT y1) {
+    const int nb = n / QK_MPQ2;
+    mpq2_avx2_k k;
+    mpq2_avx2_init(&k);
+    const block_mpq2 * GGML_RESTRICT x[2] = { x0, x1 };
+    const block_q8_0 * GGML_RESTRICT y[2] = { y0, y1 };
+
+    __m256 acc[2][2][2];   // [row][column][half], summed as the single kernel does
+    for (int i = 0; i < 8; ++i) (&acc[0][0][0])[i] = _mm256_setzero_ps();
+    for (int ib = 0; ib < nb; ++ib) {
+        const __m128 sc[2][2] = { { mpq2_x86_block_scales(x0 + ib, y0 + 2*ib), mpq2_x86_block_scales(x0 + ib, y1 + 2*ib) },
+                                  { mpq2_x86_block_scales(x1 + ib, y0 + 2*ib), mpq2_x86_block_scales(x1 + ib, y1 + 2*ib) } };
+        for (int h = 0; h < 2; ++h) {
+            const __m256i ix = _mm256_set1_epi32(1 + h);
+            const mpq2_avx2_half d[2] = { mpq2_avx2_decode(x0 + ib, h, &k), mpq2_avx2_decode(x1 + ib, h, &k) };
+            for (int c = 0; c < 2; ++c) {
+                for (int r = 0; r < 2; ++r) {
+                    const __m256 sh = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(sc[r][c]), ix);
+                    acc[r][c][h] = MPQ2_FMADD256(_mm256_cvtepi32_ps(mpq2_avx2_dot(&d[r], y[c][2*ib + h].qs)), sh, acc[r][c][h]);
+                }
+            }
+        }
+    }
+    for (int r = 0; r < 2; ++r)
+        for (int c = 0; c < 2; ++c) s[r + c*bs] = mpq2_x86_hsum256(_mm256_add_ps(acc[r][c][0], acc[r][c][1]));
+    GGML_UNUSED(x);
+}
+#define MPQ2_VEC_DOT_SIMD_2X2 mpq2_vec_dot_q8_0_avx2_2x2
 
 #if defined(MPQ2_AVX2_VNNI)
 #define MPQ2_VEC_DOT_SIMD_NAME "avx2_vnni"
