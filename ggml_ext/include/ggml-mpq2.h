@@ -74,8 +74,8 @@ GGML_API bool   mpq2_validate_row_data(const void * data, size_t nbytes);
 
 // CPU backend (ggml-cpu).
 // Rows and columns one ggml_vec_dot_mpq2_q8_0 call may take (type_traits_cpu.nrows): 2 where a
-// 2x2 kernel shares the decode between two activation columns (x86: AVX2, AVX-512), else 1.
-#if defined(__AVX2__)
+// 2x2 kernel shares the decode between two activation columns (AVX2, AVX-512, NEON), else 1.
+#if defined(__AVX2__) || (defined(__ARM_NEON) && defined(__aarch64__))
 #define GGML_MPQ2_VEC_DOT_NROWS 2
 #else
 #define GGML_MPQ2_VEC_DOT_NROWS 1
