@@ -108,6 +108,9 @@ def main() -> None:
                 res = measure(exe, mib, args.n, args.repeats)
                 kernel = next(k for k in res if k.startswith("vec_dot ") and k != "vec_dot generic")
                 rows.append((mib, f"`{kernel.removeprefix('vec_dot ')}` (`{label}`)", res[kernel], res["stream read"]))
+                if kernel + " 2x2" in res:   # per column: two rows x two columns per call (prompts)
+                    rows.append((mib, f"`{kernel.removeprefix('vec_dot ')}` 2x2, per column (`{label}`)",
+                                 res[kernel + " 2x2"], res["stream read"]))
                 if i == 0:
                     rows.append((mib, "`generic` scalar (`-march=native`)", res["vec_dot generic"], res["stream read"]))
     print(f"row length {args.n}, {args.repeats} repeats, 1 thread; GB/s of MPQ2 weight bytes (20 bytes per 64 weights)\n")
