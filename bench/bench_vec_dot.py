@@ -15,11 +15,12 @@ Needs a C compiler and the patched llama.cpp headers (LLAMA_MPQ2_SRC_DIR, or bui
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import tempfile
 from pathlib import Path
+
+from llama_mpq2._libs import lib_dir, src_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = [  # (label, flags); "scalar" is ggml_vec_dot_mpq2_q8_0_generic from the native build
@@ -33,10 +34,10 @@ LINE = re.compile(r"^(.+?)\s+([\d.]+) MiB\s+min\s+([\d.]+) ms\s+median\s+([\d.]+
 
 
 def llama_src() -> Path:
-    for c in (os.environ.get("LLAMA_MPQ2_SRC_DIR"), ROOT / "build/llama.cpp-src"):
-        if c and (Path(c) / "ggml/src/ggml-common.h").exists():
-            return Path(c)
-    raise SystemExit("patched llama.cpp source not found: set LLAMA_MPQ2_SRC_DIR or configure build/")
+    try:
+        return src_dir()
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from None
 
 
 def build(flags: list[str], out: Path) -> None:
@@ -62,7 +63,6 @@ TYPE_LINE = re.compile(r"^(\S+(?: \S+)?)\s+([\d.]+) MiB\s+GB/s min-time\s+([\d.]
 
 
 def race_types(types: str, sizes: list[float], n: int, repeats: int) -> None:
-    from llama_mpq2._libs import lib_dir
     lib, inc = lib_dir(), llama_src() / "ggml" / "include"
     with tempfile.TemporaryDirectory() as tmp:
         exe = Path(tmp) / "bench_types"

@@ -32,6 +32,7 @@ import demo  # noqa: E402
 from benchlib import run  # noqa: E402
 
 from llama_mpq2._libs import bin_path  # noqa: E402
+from mpq2.gguf_out import copy_fields  # noqa: E402
 
 WORK = Path.home() / ".cache" / "mpq2" / "speed"
 TYPES = ["MPQ2", "Q2_K", "IQ2_XXS", "IQ2_XS", "Q2_0", "Q4_0"]
@@ -52,11 +53,8 @@ def write_f16_model(out: Path, layers: int, hidden: int = 2048, ffn: int = 5632,
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    for field in src.fields.values():       # the real tokenizer, so llama-bench has a vocabulary
-        if field.name.startswith("tokenizer."):
-            vt = field.types[0]
-            st = field.types[-1] if vt == gguf.GGUFValueType.ARRAY else None
-            w.add_key_value(field.name, field.contents(), vt, sub_type=st)
+    # the real tokenizer, so llama-bench has a vocabulary
+    copy_fields(src, w, lambda name: name.startswith("tokenizer."))
     vocab = len(src.fields["tokenizer.ggml.tokens"].data)
     rng = np.random.default_rng(0)
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from llama_mpq2._libs import bin_path, lib_dir
+from llama_mpq2._libs import bin_path, src_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def llama_src() -> Path:
-    return lib_dir().parent / "llama.cpp-src"
+    return src_dir()
 
 
 def run(cmd: list, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:

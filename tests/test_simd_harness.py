@@ -10,13 +10,14 @@ skipped silently.
 """
 from __future__ import annotations
 
-import os
 import platform
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from llama_mpq2._libs import src_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [ROOT / "tests/simd/mpq2_kernel_check.c", ROOT / "ggml_ext/src/ggml-cpu-mpq2.c",
@@ -26,17 +27,10 @@ IS_X86 = platform.machine().lower() in ("x86_64", "amd64")
 
 
 def llama_src() -> Path:
-    candidates = []
-    if os.environ.get("LLAMA_MPQ2_SRC_DIR"):
-        candidates.append(Path(os.environ["LLAMA_MPQ2_SRC_DIR"]))
-    if os.environ.get("LLAMA_MPQ2_LIB_DIR"):
-        candidates.append(Path(os.environ["LLAMA_MPQ2_LIB_DIR"]).parent / "llama.cpp-src")
-    candidates.append(ROOT / "build/llama.cpp-src")
-    for c in candidates:
-        if (c / "ggml/src/ggml-common.h").exists():
-            return c
-    pytest.fail(f"patched llama.cpp source not found (tried {[str(c) for c in candidates]}): "
-                f"configure the build first (cmake -B build) or set LLAMA_MPQ2_SRC_DIR")
+    try:
+        return src_dir()
+    except FileNotFoundError as e:
+        pytest.fail(str(e))
 
 
 def cpu_flags() -> str:

@@ -84,15 +84,19 @@ def arch_of(reader: gguf.GGUFReader) -> str:
     return bytes(field.parts[field.data[0]]).decode()
 
 
-def _copy_metadata(reader: gguf.GGUFReader, writer: gguf.GGUFWriter, ftype: int) -> None:
+def copy_fields(reader: gguf.GGUFReader, writer: gguf.GGUFWriter, keep) -> None:
+    """Copies the key/value fields whose name `keep(name)` accepts, with their value types."""
     for field in reader.fields.values():
-        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
-            continue
-        if field.name in (gguf.Keys.General.FILE_TYPE, gguf.Keys.General.QUANTIZATION_VERSION):
+        if field.name.startswith("GGUF.") or not keep(field.name):
             continue
         val_type = field.types[0]
         sub_type = field.types[-1] if val_type == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(field.name, field.contents(), val_type, sub_type=sub_type)
+
+
+def _copy_metadata(reader: gguf.GGUFReader, writer: gguf.GGUFWriter, ftype: int) -> None:
+    rewritten = (gguf.Keys.General.ARCHITECTURE, gguf.Keys.General.FILE_TYPE, gguf.Keys.General.QUANTIZATION_VERSION)
+    copy_fields(reader, writer, lambda name: name not in rewritten)
     writer.add_file_type(ftype)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from llama_mpq2._libs import src_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -47,17 +48,10 @@ def find_clang() -> tuple[str, str] | None:
 
 
 def llama_src() -> Path:
-    candidates = []
-    if os.environ.get("LLAMA_MPQ2_SRC_DIR"):
-        candidates.append(Path(os.environ["LLAMA_MPQ2_SRC_DIR"]))
-    if os.environ.get("LLAMA_MPQ2_LIB_DIR"):
-        candidates.append(Path(os.environ["LLAMA_MPQ2_LIB_DIR"]).parent / "llama.cpp-src")
-    candidates.append(ROOT / "build/llama.cpp-src")
-    for c in candidates:
-        if (c / "ggml/src/gguf.cpp").exists():
-            return c
-    raise BuildError(f"patched llama.cpp source not found (tried {[str(c) for c in candidates]}): "
-                     f"build the project first (bash setup.sh) or set LLAMA_MPQ2_SRC_DIR")
+    try:
+        return src_dir()
+    except FileNotFoundError as e:
+        raise BuildError(str(e)) from None
 
 
 def sources(src: Path) -> list[Path]:
