@@ -1,25 +1,32 @@
 // MPQ2 x Q8_0 dot product for x86: AVX-512 (F+BW+VL, optionally VBMI and VNNI) and AVX2
-// (optionally AVX-VNNI).
+// (optionally AVX-VNNI), each with a single (one row, one column) and a 2x2 kernel (two rows x
+// two activation columns, ggml's nrows = 2 path for prompts; bit-identical to four single calls).
 //
 // Included by ggml_ext/src/ggml-cpu-mpq2.c (not compiled on its own); defines
-// MPQ2_VEC_DOT_SIMD and MPQ2_VEC_DOT_SIMD_NAME when a kernel applies to the target.
+// MPQ2_VEC_DOT_SIMD, MPQ2_VEC_DOT_SIMD_2X2 and MPQ2_VEC_DOT_SIMD_NAME when a kernel applies.
 //
-// Both kernels decode each 32-bit word to 16 int8 lanes in natural weight order (see
-// docs/FORMAT.md "Decoding one weight"):
+// General decode: each 32-bit word to 16 int8 lanes in natural weight order (docs/FORMAT.md
+// "Decoding one weight"):
 //   2-bit word: the word in every dword of its 128-bit lane, shifted right by 0, 2, 4, 6 in
 //               dwords 0..3, masked with 3: byte k of dword j is the code of weight 4j + k;
 //               a pshufb into the word's grid {-z, 16 - z, 32 - z, 48 - z} makes the value
 //               (the grid is picked per lane from the word's zero code with one vpermd).
 //   int8 word:  pshufb byte broadcast {0,0,0,0, 1,1,1,1, 2,2,2,2, 3,3,3,3} of the word.
-// and picks one per 128-bit lane with the word's bitmap bit. With AVX-512 VBMI the decode is
-// instead vpmultishiftqb + vpermb (see mpq2_vbmi_ctrl2 below), and the zero offsets are
-// subtracted from the 2-bit lanes afterwards. The int8 x int8 dot with the
-// activations uses the sign trick (|w| as u8, a * sign(w) as s8) with maddubs or dpbusd; each
-// word's int32 partial sums are multiplied (exactly, in integers) by the word multiplier,
+// picked per 128-bit lane with the word's bitmap bit; with AVX-512 VBMI the decode is
+// vpmultishiftqb + vpermb instead (see mpq2_vbmi_ctrl2), the zero offsets subtracted after.
+// The int8 x int8 dot uses the sign trick (|w| as u8, a * sign(w) as s8) with maddubs or dpbusd.
+//
+// Fast path (AVX-512 VBMI, groups of four blocks without int8 words, all but ~0.04% of blocks
+// in converted models; AVX2/NEON skip the int8 decode per block): the code and the zero code
+// are multishifted next to each other, merged with one vpternlogd and looked up unsigned
+// (16c - z + 32) with one vpermb; a second dpbusd of the constant 32 with the activations takes
+// the bias off, so no sign trick.
+//
+// Each word's int32 partial sums are multiplied (exactly, in integers) by the word multiplier,
 // converted to float (exact: |sum| <= 4*127*127*40 < 2^24) and accumulated with the scales
-// d * d_q8 (d: the E6M2 block scale, two integer ops to float32). AVX-512 works on 4 blocks at a time: their (block, word) sums are reduced into one
-// zmm, multiplied at once, summed per Q8_0 half and scaled in one ymm (exact same integers as
-// the scalar sumi[h]). Only the float accumulation order differs from
+// d * d_q8 (d: the E6M2 block scale, two integer ops to float32). AVX-512 reduces 4 blocks'
+// sums to one (word, block) sum per dword first, so one vpmulld, one conversion and one fma
+// serve 16 words. Only the float accumulation order differs from
 // ggml_vec_dot_mpq2_q8_0_generic.
 //
 // Activations must be in [-127, 127], as ggml's Q8_0 quantizer writes them (the sign trick
