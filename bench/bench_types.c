@@ -17,16 +17,7 @@
 #include <string.h>
 #include <time.h>
 
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double) t.tv_sec + 1e-9 * (double) t.tv_nsec;
-}
-
-static int cmp_double(const void * a, const void * b) {
-    const double x = *(const double *) a, y = *(const double *) b;
-    return (x > y) - (x < y);
-}
+#include "bench_timing.h"
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 static float randn(void) {   // Box-Muller on xorshift64*
@@ -38,11 +29,9 @@ static float randn(void) {   // Box-Muller on xorshift64*
     return sqrtf(-2.0f * logf(u[0])) * cosf(6.2831853f * u[1]);
 }
 
-static volatile float    sink_f;
-static volatile uint64_t sink_u;
 
 static void report(const char * name, double * t, int reps, size_t bytes, int64_t weights) {
-    qsort(t, reps, sizeof(double), cmp_double);
+    sort_times(t, reps);
     printf("%-10s %9.2f MiB  GB/s min-time %7.2f  median %7.2f  Gweights/s median %7.2f\n",
            name, bytes / 1048576.0, bytes / t[0] / 1e9, bytes / t[reps / 2] / 1e9, weights / t[reps / 2] / 1e9);
 }

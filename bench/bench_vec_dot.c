@@ -15,19 +15,7 @@ void ggml_vec_dot_mpq2_q8_0_generic(int n, float * s, size_t bs, const void * vx
 
 typedef void (*vec_dot_t)(int, float *, size_t, const void *, size_t, const void *, size_t, int);
 
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double) t.tv_sec + 1e-9 * (double) t.tv_nsec;
-}
-
-static int cmp_double(const void * a, const void * b) {
-    const double x = *(const double *) a, y = *(const double *) b;
-    return (x > y) - (x < y);
-}
-
-static volatile float    sink_f;
-static volatile uint64_t sink_u;
+#include "bench_timing.h"
 
 // Sum of all 64-bit words: the same bytes, read once, with (auto-vectorized) minimal work.
 static uint64_t stream_read(const uint64_t * p, size_t n_words) {
@@ -62,7 +50,7 @@ static void run(const char * name, vec_dot_t f, const block_mpq2 * W, const bloc
         }
         t[r] = now() - t0;
     }
-    qsort(t, reps, sizeof(double), cmp_double);
+    sort_times(t, reps);
     const double tmin = t[0] / (nrc == 2 ? 2 : 1), tmed = t[reps / 2] / (nrc == 2 ? 2 : 1);
     printf("%-22s %8.2f MiB  min %8.3f ms  median %8.3f ms  ->  %6.2f GB/s (min)  %6.2f GB/s (median)\n",
            name, bytes / 1048576.0, 1e3 * tmin, 1e3 * tmed, bytes / tmin / 1e9, bytes / tmed / 1e9);
