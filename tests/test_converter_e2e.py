@@ -187,8 +187,11 @@ def test_rows_not_a_multiple_of_64_fall_back_to_q8_0(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_run_leaves_no_output(tiny, tmp_path, sig):
     out = tmp_path / "o.gguf"
+    # SIGINT back to its default in the child: a test run started in the background by a shell
+    # without job control inherits SIGINT ignored, and Python then keeps ignoring it
     proc = subprocess.Popen([sys.executable, CONVERT, tiny["hf"], "-o", out, "--nsamples", "64", "--seqlen", "256"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not any(p.name.startswith(".mpq2-") for p in tmp_path.iterdir()):
         time.sleep(0.2)

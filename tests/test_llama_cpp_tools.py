@@ -1,6 +1,8 @@
 """llama.cpp's own tests and tools know MPQ2 in the patched build."""
 from __future__ import annotations
 
+import platform
+
 import numpy as np
 
 import e2e_helpers as h
@@ -11,10 +13,23 @@ def test_quantize_help_lists_mpq2():
     assert any("MPQ2" in line and "96" in line for line in (proc.stdout + proc.stderr).splitlines())
 
 
+def cpu_flags() -> str:
+    try:
+        return open("/proc/cpuinfo").read()   # the build is native (GGML_NATIVE), as the host
+    except OSError:
+        return ""
+
+
 def test_test_quantize_fns_passes_for_mpq2():
     proc = h.run([h.tool("test-quantize-fns"), "-v"])
     lines = [line for line in proc.stdout.splitlines() if line.strip().startswith("mpq2")]
-    assert len(lines) == 3 and all(" ok " in line for line in lines), proc.stdout
+    assert all(" ok " in line for line in lines), proc.stdout
+    # quantization error, reference error, dot product; and the 2x2 dot product (nrc=2) where
+    # the build has a 2x2 kernel (GGML_MPQ2_VEC_DOT_NROWS 2: x86 with AVX2, AArch64)
+    machine = platform.machine().lower()
+    wants_2x2 = machine in ("aarch64", "arm64") or (machine in ("x86_64", "amd64") and " avx2" in cpu_flags())
+    assert len(lines) == (4 if wants_2x2 else 3), proc.stdout
+    assert any("nrc=2" in line for line in lines) == wants_2x2, proc.stdout
 
 
 def test_backend_ops_pass_for_mpq2():
