@@ -451,9 +451,9 @@ static inline void mpq2_avx2_init(mpq2_avx2_k * k) {
 // multipliers of each dword.
 typedef struct { __m256i v, av, mw; } mpq2_avx2_half;
 
-static inline mpq2_avx2_half mpq2_avx2_decode(const block_mpq2 * GGML_RESTRICT xb, int h, const mpq2_avx2_k * k) {
-    const __m256i hdr  = _mm256_set1_epi32((int) mpq2_x86_header(xb));
-    const __m256i bc   = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) xb->qs));
+// hdr: the block header in every dword; bc: the 4 words in both 128-bit lanes (once per block).
+static inline mpq2_avx2_half mpq2_avx2_decode(const block_mpq2 * GGML_RESTRICT xb, int h, __m256i hdr, __m256i bc,
+                                              const mpq2_avx2_k * k) {
     const __m256i wv   = _mm256_shuffle_epi8(bc, _mm256_loadu_si256((const __m256i *) mpq2_avx2_ctrl_word[h]));
     const __m256i c2   = _mm256_and_si256(_mm256_srlv_epi32(wv, k->shift2), k->m3);
     const __m256i zc   = _mm256_and_si256(_mm256_srlv_epi32(hdr, _mm256_loadu_si256((const __m256i *) mpq2_avx2_zero_sh[h])), k->m3d);
@@ -490,9 +490,11 @@ static void mpq2_vec_dot_q8_0_avx2(int n, float * GGML_RESTRICT s, const block_m
 
     __m256 acc[2] = { _mm256_setzero_ps(), _mm256_setzero_ps() };
     for (int ib = 0; ib < nb; ++ib) {
-        const __m128 sc = mpq2_x86_block_scales(x + ib, y + 2*ib);   // [dx, dx*dy0, dx*dy1, 0]
+        const __m128  sc  = mpq2_x86_block_scales(x + ib, y + 2*ib);   // [dx, dx*dy0, dx*dy1, 0]
+        const __m256i hdr = _mm256_set1_epi32((int) mpq2_x86_header(x + ib));
+        const __m256i bc  = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) x[ib].qs));
         for (int h = 0; h < 2; ++h) {
-            const mpq2_avx2_half d = mpq2_avx2_decode(x + ib, h, &k);
+            const mpq2_avx2_half d = mpq2_avx2_decode(x + ib, h, hdr, bc, &k);
             const __m256 sh = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(sc), _mm256_set1_epi32(1 + h));
             acc[h] = MPQ2_FMADD256(_mm256_cvtepi32_ps(mpq2_avx2_dot(&d, y[2*ib + h].qs)), sh, acc[h]);
         }
@@ -516,9 +518,15 @@ static void mpq2_vec_dot_q8_0_avx2_2x2(int n, float * GGML_RESTRICT s, size_t bs
     for (int ib = 0; ib < nb; ++ib) {
         const __m128 sc[2][2] = { { mpq2_x86_block_scales(x0 + ib, y0 + 2*ib), mpq2_x86_block_scales(x0 + ib, y1 + 2*ib) },
                                   { mpq2_x86_block_scales(x1 + ib, y0 + 2*ib), mpq2_x86_block_scales(x1 + ib, y1 + 2*ib) } };
+        __m256i hdr[2], bc[2];
+        for (int r = 0; r < 2; ++r) {
+            hdr[r] = _mm256_set1_epi32((int) mpq2_x86_header(x[r] + ib));
+            bc[r]  = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) x[r][ib].qs));
+        }
         for (int h = 0; h < 2; ++h) {
             const __m256i ix = _mm256_set1_epi32(1 + h);
-            const mpq2_avx2_half d[2] = { mpq2_avx2_decode(x0 + ib, h, &k), mpq2_avx2_decode(x1 + ib, h, &k) };
+            const mpq2_avx2_half d[2] = { mpq2_avx2_decode(x0 + ib, h, hdr[0], bc[0], &k),
+                                          mpq2_avx2_decode(x1 + ib, h, hdr[1], bc[1], &k) };
             for (int c = 0; c < 2; ++c) {
                 for (int r = 0; r < 2; ++r) {
                     const __m256 sh = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(sc[r][c]), ix);
@@ -529,7 +537,6 @@ static void mpq2_vec_dot_q8_0_avx2_2x2(int n, float * GGML_RESTRICT s, size_t bs
     }
     for (int r = 0; r < 2; ++r)
         for (int c = 0; c < 2; ++c) s[r + c*bs] = mpq2_x86_hsum256(_mm256_add_ps(acc[r][c][0], acc[r][c][1]));
-    GGML_UNUSED(x);
 }
 #define MPQ2_VEC_DOT_SIMD_2X2 mpq2_vec_dot_q8_0_avx2_2x2
 
