@@ -163,7 +163,9 @@ def main() -> None:
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     train, test = ptb_files()
     f16 = f16_reference()
-    base = WORK / "smollm2-f16.kld"
+    # llama-perplexity takes the chunk count from the KL-divergence base, not from --chunks:
+    # each chunk count needs its own base
+    base = WORK / (f"smollm2-f16-c{CHUNKS}.kld" if CHUNKS else "smollm2-f16.kld")
     if not base.exists():
         perplexity(f16, test, 512, base, save_base=True)
     only = set(filter(None, args.only.split(",")))
