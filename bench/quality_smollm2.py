@@ -135,6 +135,8 @@ VARIANTS = [
     ("mpq2-all2bit", "convert", ["--all-2bit"]),
     ("mpq2-magnitude", "convert", ["--salience", "magnitude", "--no-gate"]),
     ("mpq2-q8out", "convert", ["--output-type", "q8_0"]),
+    # attn_v carries the most loss per byte among the block matrices (bench/splice_gguf.py)
+    ("mpq2-attnv-q5_0", "convert", ["--tensor-type", "attn_v=q5_0"]),
     ("mpq2-quantize-imat", "quantize", ("MPQ2", True, True)),
     ("q2_k", "quantize", ("Q2_K", True, True)),
     ("iq2_xxs", "quantize", ("IQ2_XXS", True, True)),

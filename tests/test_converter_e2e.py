@@ -45,12 +45,15 @@ def gguf_tensors(path: Path) -> dict[str, tuple[str, bytes]]:
 
 def test_summary_and_types(tiny):
     types = h.tensor_types(tiny["out"])
-    assert all(t == "MPQ2" for n, t in types.items() if n.startswith("blk.") and not n.endswith("norm.weight"))
+    # the tiny model uses grouped-query attention (4 heads, 2 KV heads): attn_v is Q5_0 by default
+    blk = {n: t for n, t in types.items() if n.startswith("blk.") and not n.endswith("norm.weight")}
+    assert all(t == ("Q5_0" if n.endswith("attn_v.weight") else "MPQ2") for n, t in blk.items()), blk
     assert types["token_embd.weight"] == "MPQ2" and types["output.weight"] == "MPQ2"
     lines = tiny["summary"].splitlines()
     assert lines[0].split()[:3] == ["tensor", "type", "K"]
     row = next(line for line in lines if line.startswith("blk.0.ffn_down.weight"))
     assert row.split()[1] == "mpq2" and "/" in row.split()[2] and float(row.split()[-1]) < 0.5
+    assert next(line for line in lines if line.startswith("blk.0.attn_v.weight")).split()[1] == "q5_0"
 
 
 def _kl_to_float(tiny, gguf_path: Path) -> float:
@@ -177,9 +180,10 @@ def test_truncated_safetensors(tiny, tmp_path):
 def test_rows_not_a_multiple_of_64_fall_back_to_q8_0(tmp_path):
     hf = tiny_llama.build(tmp_path / "odd", intermediate=224, steps=5)
     out = tmp_path / "odd.gguf"
-    proc = convert(hf, "-o", out, *FAST)
+    proc = convert(hf, "-o", out, *FAST, "--attn-v-type", "mpq2")
     types = h.tensor_types(out)
     assert types["blk.0.ffn_down.weight"] == "Q8_0" and types["blk.0.ffn_up.weight"] == "MPQ2"
+    assert types["blk.0.attn_v.weight"] == "MPQ2"        # asked for, despite grouped-query attention
     assert "blk.0.ffn_down.weight" in proc.stdout
     h.perplexity(out, tmp_path / "odd" / "train.txt", 64)  # llama.cpp loads and runs it
 
@@ -211,11 +215,13 @@ def test_other_supported_architectures(tmp_path, arch):
 
     from llama_mpq2.model import Model
 
-    hf_dir = tiny_llama.build(tmp_path / arch, arch=arch, steps=40)
+    gqa = arch != "mistral"     # one model without grouped-query attention: attn_v stays MPQ2
+    hf_dir = tiny_llama.build(tmp_path / arch, arch=arch, steps=40, kv_heads=2 if gqa else 4)
     out = tmp_path / f"{arch}.gguf"
     convert(hf_dir, "-o", out, *FAST)
     types = h.tensor_types(out)
     assert types["blk.1.ffn_down.weight"] == "MPQ2" and types["blk.0.attn_q.weight"] == "MPQ2"
+    assert types["blk.1.attn_v.weight"] == ("Q5_0" if gqa else "MPQ2")
     hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     sd = h.dequantized_state_dict(out, hf.config.num_attention_heads, hf.config.num_key_value_heads)
     missing, unexpected = hf.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in sd.items()}, strict=False)

@@ -64,6 +64,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "f16, bf16, f32; with tied embeddings it is also the token embedding's type")
     g.add_argument("--embd-type", default="mpq2",
                    help="token embedding type when it is not tied to the output (default mpq2, round to nearest)")
+    g.add_argument("--attn-v-type", default="auto",
+                   help="type of the attention value projections: auto (default) is q5_0 when the model uses "
+                        "grouped-query attention (attn_v is then a small share of the weights and carries the "
+                        "most loss per byte: docs/BENCHMARKS.md) and mpq2 otherwise; or any type of --output-type")
     g.add_argument("--tensor-type", action="append", default=[], metavar="REGEX=TYPE",
                    help="override the type of GGUF tensors whose name matches REGEX, e.g. 'attn_v=q8_0' (repeatable)")
     g.add_argument("--fallback-type", default="q8_0",
@@ -84,8 +88,8 @@ class Row:
 
 def _check_types(args) -> list[tuple[re.Pattern, str]]:
     from .gguf_out import TYPE_NAMES
-    for opt in ("embd_type", "output_type", "fallback_type"):
-        if getattr(args, opt) not in TYPE_NAMES:
+    for opt in ("embd_type", "output_type", "fallback_type", "attn_v_type"):
+        if getattr(args, opt) not in TYPE_NAMES and not (opt == "attn_v_type" and args.attn_v_type == "auto"):
             raise ConvertError(f"--{opt.replace('_', '-')} {getattr(args, opt)!r}: choose one of {', '.join(TYPE_NAMES)}")
     overrides = []
     for spec in args.tensor_type:
@@ -188,6 +192,7 @@ def convert(args: argparse.Namespace) -> list[Row]:
         names = gguf.get_tensor_name_map(arch_enum, n_blocks)
         n_head = model.config.num_attention_heads
         n_kv = getattr(model.config, "num_key_value_heads", None) or n_head
+        attn_v_type = args.attn_v_type if args.attn_v_type != "auto" else ("q5_0" if n_kv < n_head else "mpq2")
 
         def gguf_name(hf_name: str) -> str:
             name = names.get_name(hf_name, try_suffixes=(".weight",))
@@ -221,7 +226,8 @@ def convert(args: argparse.Namespace) -> list[Row]:
             for lname, mod in linears.items():
                 hf = f"model.layers.{i}.{lname}.weight"
                 name = gguf_name(hf)
-                plan[lname] = (name, type_for(name, mod.weight.shape[1], "mpq2"))
+                default = attn_v_type if name.endswith("attn_v.weight") else "mpq2"
+                plan[lname] = (name, type_for(name, mod.weight.shape[1], default))
             gptqs = {ln: MPQ2GPTQ(linears[ln].weight) for ln, (_, t) in plan.items() if t == "mpq2"}
             capture.collect(block, inputs, {ln: g.add_batch for ln, g in gptqs.items()})
             for lname, (name, typ) in plan.items():

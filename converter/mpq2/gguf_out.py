@@ -127,9 +127,11 @@ def check_output_path(out: Path, force: bool) -> None:
 
 
 def write_atomic(out: Path, reader: gguf.GGUFReader, replacements: dict[str, Replacement], ftype: int,
-                 force: bool) -> None:
-    """Writes the template with replacements to a temporary file next to `out`, then renames
-    it: a reader never sees a half-written GGUF, and an interrupted run leaves no output."""
+                 force: bool, extra: dict[str, Replacement] | None = None) -> None:
+    """Writes the template with replacements (and `extra` tensors after its own) to a temporary
+    file next to `out`, then renames it: a reader never sees a half-written GGUF, and an
+    interrupted run leaves no output."""
+    extra = extra or {}
     check_output_path(out, force)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
@@ -146,12 +148,16 @@ def write_atomic(out: Path, reader: gguf.GGUFReader, replacements: dict[str, Rep
                 writer.add_tensor_info(t.name, r.data.shape, r.data.dtype, r.data.nbytes, r.qtype)
             else:
                 writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+        for name, r in extra.items():
+            writer.add_tensor_info(name, r.data.shape, r.data.dtype, r.data.nbytes, r.qtype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for t in reader.tensors:
             data = replacements[t.name].data if t.name in replacements else t.data
             writer.write_tensor_data(np.ascontiguousarray(data))
+        for r in extra.values():
+            writer.write_tensor_data(np.ascontiguousarray(r.data))
         writer.close()
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
