@@ -106,6 +106,15 @@ def perplexity(model: Path, test: Path, ctx: int, kld_base: Path | None = None, 
     return res
 
 
+def kld_base(f16: Path, test: Path) -> Path:
+    """The F16 logits over the measured chunks. llama-perplexity takes the chunk count from this
+    base, not from --chunks: each chunk count needs its own."""
+    base = WORK / (f"smollm2-f16-c{CHUNKS}.kld" if CHUNKS else "smollm2-f16.kld")
+    if not base.exists():
+        perplexity(f16, test, 512, base, save_base=True)
+    return base
+
+
 def file_bpw(path: Path) -> dict:
     """Bits per weight over the whole file and over the quantized 2D tensors."""
     import gguf
@@ -165,11 +174,7 @@ def main() -> None:
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     train, test = ptb_files()
     f16 = f16_reference()
-    # llama-perplexity takes the chunk count from the KL-divergence base, not from --chunks:
-    # each chunk count needs its own base
-    base = WORK / (f"smollm2-f16-c{CHUNKS}.kld" if CHUNKS else "smollm2-f16.kld")
-    if not base.exists():
-        perplexity(f16, test, 512, base, save_base=True)
+    base = kld_base(f16, test)
     only = set(filter(None, args.only.split(",")))
     for name, how, spec in VARIANTS:
         if only and name not in only:

@@ -4,8 +4,8 @@ and measure (SmolLM2-135M-Instruct, PTB test, c512, first 60 chunks, KLD against
 
     python3 bench/sensitivity_smollm2.py --base smollm2-mpq2.gguf --out docs/sensitivity_smollm2.json
 
-Each row is BASE with the tensors matching a regex taken from DONOR (default: the all-Q8_0 file
-of the fair race; --donor-q5 for a Q5_0 copy made by llama-quantize). The PPL drop per extra
+Each row is BASE with the tensors matching a regex taken from an all-TYPE copy of the model made
+by `llama-quantize --pure` (no imatrix; --types, default Q8_0 and Q5_0). The PPL drop per extra
 megabyte says where bits pay. Records are written as they come; a rerun skips measured rows.
 """
 from __future__ import annotations
@@ -22,18 +22,7 @@ os.environ.setdefault("MPQ2_BENCH_CHUNKS", "60")
 import quality_smollm2 as q  # noqa: E402
 from splice_gguf import splice  # noqa: E402
 
-from llama_mpq2._libs import bin_path  # noqa: E402
-
 CLASSES = ["token_embd", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
-
-
-def donor(typ: str, f16: Path) -> Path:
-    out = q.WORK / f"smollm2-all-{typ.lower()}.gguf"
-    if not out.exists():
-        part = out.with_suffix(".part")
-        q.run([bin_path("llama-quantize"), "--pure", f16, part, typ, q.THREADS])
-        part.replace(out)
-    return out
 
 
 def main() -> None:
@@ -46,9 +35,7 @@ def main() -> None:
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     _, test = q.ptb_files()
     f16 = q.f16_reference()
-    base_kld = q.WORK / f"smollm2-f16-c{q.CHUNKS}.kld"
-    if not base_kld.exists():
-        q.perplexity(f16, test, 512, base_kld, save_base=True)
+    base_kld = q.kld_base(f16, test)
     jobs = [("base", None, None)] + [(f"{c}={t.lower()}", c, t) for t in args.types.split(",") for c in args.classes.split(",")]
     for name, regex, typ in jobs:
         if name in results:
@@ -57,7 +44,8 @@ def main() -> None:
         if regex:
             path = q.WORK / f"splice-{name.replace('=', '-')}.gguf"
             if not path.exists():
-                splice(args.base, donor(typ, f16), regex, path, force=False)
+                donor, _ = q.llama_quantize(f"all-{typ.lower()}", typ, f16, None, pure=True)
+                splice(args.base, donor, regex, path, force=False)
         rec = q.perplexity(path, test, 512, base_kld)
         rec.update(size_mb=path.stat().st_size / 1e6, chunks=q.CHUNKS, base=args.base.name)
         results[name] = rec
