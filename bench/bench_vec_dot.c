@@ -9,6 +9,7 @@
 //      bench/bench_vec_dot.c ggml_ext/src/ggml-cpu-mpq2.c ggml_ext/src/ggml-mpq2.c -lm -o bench_vec_dot
 //   ./bench_vec_dot [MiB of weights = 64] [row length = 4096] [repeats = 9] [fraction of blocks with an int8 word = 0.0004]
 #include "mpq2_support.h"
+#include "ggml-cpu-mpq2-repack.h"
 
 void ggml_vec_dot_mpq2_q8_0(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);
 void ggml_vec_dot_mpq2_q8_0_generic(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);
@@ -52,6 +53,23 @@ static void run(const char * name, vec_dot_t f, const block_mpq2 * W, const bloc
     }
     sort_times(t, reps);
     const double tmin = t[0] / (nrc == 2 ? 2 : 1), tmed = t[reps / 2] / (nrc == 2 ? 2 : 1);
+    printf("%-22s %8.2f MiB  min %8.3f ms  median %8.3f ms  ->  %6.2f GB/s (min)  %6.2f GB/s (median)\n",
+           name, bytes / 1048576.0, 1e3 * tmin, 1e3 * tmed, bytes / tmin / 1e9, bytes / tmed / 1e9);
+}
+
+// The repacked 16-row kernel (CPU_REPACK buffers) over the same weights: ncols activation
+// columns per pass, GB/s counted once per column as for the 2x2 path.
+static void run_x16(const char * name, const block_mpq2x16 * WP, const mpq2_act * acts, float * out,
+                    int64_t rows, int n, int reps, size_t bytes, int ncols) {
+    double t[64];
+    for (int r = 0; r < reps; ++r) {
+        const double t0 = now();
+        ggml_mpq2x16_mul(n, out, (size_t) rows, WP, rows / MPQ2_RP_ROWS, acts, ncols);
+        sink_f = out[rows - 1];
+        t[r] = now() - t0;
+    }
+    sort_times(t, reps);
+    const double tmin = t[0] / ncols, tmed = t[reps / 2] / ncols;
     printf("%-22s %8.2f MiB  min %8.3f ms  median %8.3f ms  ->  %6.2f GB/s (min)  %6.2f GB/s (median)\n",
            name, bytes / 1048576.0, 1e3 * tmin, 1e3 * tmed, bytes / tmin / 1e9, bytes / tmed / 1e9);
 }
@@ -102,5 +120,28 @@ int main(int argc, char ** argv) {
     snprintf(name, sizeof name, "vec_dot %s 2x2", ggml_vec_dot_mpq2_q8_0_impl());
     run(name, ggml_vec_dot_mpq2_q8_0, W, A, out, rows, n, reps, bytes, 2);
     run("vec_dot generic", ggml_vec_dot_mpq2_q8_0_generic, W, A, out, rows, n, reps, bytes, 1);
+
+    // the same rows (a multiple of 16 of them) repacked, 1 and 4 activation columns
+    const int64_t rows16 = rows / MPQ2_RP_ROWS * MPQ2_RP_ROWS;
+    if (rows16 > 0) {
+        const size_t bytes16 = (size_t) rows16 * row_bytes;
+        block_mpq2x16 * WP  = aligned_alloc(64, (bytes16 + 63) / 64 * 64);
+        char          * buf = aligned_alloc(64, 4 * ggml_mpq2_act_size(n));
+        float         * o4  = malloc(sizeof(float) * (size_t) rows16 * 4);
+        if (!WP || !buf || !o4) {
+            fprintf(stderr, "out of memory\n");
+            return 1;
+        }
+        ggml_mpq2_repack_x16(WP, W, rows16, n);
+        mpq2_act acts[4];
+        for (int c = 0; c < 4; ++c) {
+            memcpy(buf + c * ggml_mpq2_act_size(n), A, sizeof(block_q8_0) * (size_t) (n / QK8_0));
+            ggml_mpq2_act_finish(buf + c * ggml_mpq2_act_size(n), n, &acts[c]);
+        }
+        snprintf(name, sizeof name, "x16 %s", ggml_mpq2x16_impl());
+        run_x16(name, WP, acts, o4, rows16, n, reps, bytes16, 1);
+        snprintf(name, sizeof name, "x16 %s 4col", ggml_mpq2x16_impl());
+        run_x16(name, WP, acts, o4, rows16, n, reps, bytes16, 4);
+    }
     return 0;
 }

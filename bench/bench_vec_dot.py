@@ -43,8 +43,9 @@ def llama_src() -> Path:
 def build(flags: list[str], out: Path) -> None:
     g = llama_src() / "ggml"
     subprocess.run(["cc", "-O3", "-std=gnu11", *flags, f"-I{g}/include", f"-I{g}/src", f"-I{g}/src/ggml-cpu",
-                    f"-I{ROOT}/ggml_ext/include", f"-I{ROOT}/tests/simd", str(ROOT / "bench/bench_vec_dot.c"),
-                    str(ROOT / "ggml_ext/src/ggml-cpu-mpq2.c"), str(ROOT / "ggml_ext/src/ggml-mpq2.c"),
+                    f"-I{ROOT}/ggml_ext/include", f"-I{ROOT}/ggml_ext/src", f"-I{ROOT}/tests/simd",
+                    str(ROOT / "bench/bench_vec_dot.c"), str(ROOT / "ggml_ext/src/ggml-cpu-mpq2.c"),
+                    str(ROOT / "ggml_ext/src/ggml-mpq2.c"), str(ROOT / "ggml_ext/src/ggml-cpu-mpq2-repack.c"),
                     "-lm", "-o", str(out)], check=True)
 
 

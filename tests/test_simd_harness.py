@@ -21,7 +21,7 @@ from llama_mpq2._libs import src_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [ROOT / "tests/simd/mpq2_kernel_check.c", ROOT / "ggml_ext/src/ggml-cpu-mpq2.c",
-           ROOT / "ggml_ext/src/ggml-mpq2.c"]
+           ROOT / "ggml_ext/src/ggml-mpq2.c", ROOT / "ggml_ext/src/ggml-cpu-mpq2-repack.c"]
 CROSS_PACKAGES = "gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user"
 IS_X86 = platform.machine().lower() in ("x86_64", "amd64")
 
@@ -43,7 +43,7 @@ def cpu_flags() -> str:
 def build(cc: str, flags: list[str], out: Path) -> Path:
     ggml = llama_src() / "ggml"
     cmd = [cc, "-O2", "-std=gnu11", "-Wall", "-Wno-unused-function", *flags,
-           f"-I{ggml}/include", f"-I{ggml}/src", f"-I{ggml}/src/ggml-cpu", f"-I{ROOT}/ggml_ext/include",
+           f"-I{ggml}/include", f"-I{ggml}/src", f"-I{ggml}/src/ggml-cpu", f"-I{ROOT}/ggml_ext/include", f"-I{ROOT}/ggml_ext/src",
            *map(str, SOURCES), "-lm", "-o", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, f"compile failed: {' '.join(cmd)}\n{r.stderr[-4000:]}"

@@ -8,6 +8,7 @@
 //      tests/simd/mpq2_kernel_check.c ggml_ext/src/ggml-cpu-mpq2.c ggml_ext/src/ggml-mpq2.c -lm -o check
 //   ./check            # prints the kernel name and "OK ..." (exit 0) or the failing cases (exit 1)
 #include "mpq2_support.h"
+#include "ggml-cpu-mpq2-repack.h"
 
 void ggml_vec_dot_mpq2_q8_0(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);
 void ggml_vec_dot_mpq2_q8_0_generic(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);
@@ -103,6 +104,59 @@ static void check(const char * what, int n) {
     }
 }
 
+// The repacked 16-row kernel (CPU_REPACK buffers): 32 rows (two groups) built by fill(), up to
+// 5 columns (so the 4-column and the 1..3-column paths all run), against the exact float64 dot;
+// the scalar x16 reference must equal the scalar vec_dot bit for bit (same integers, same order).
+#define X16_ROWS 32
+#define X16_COLS 5
+static block_mpq2    XR[X16_ROWS][MAX_N / QK_MPQ2];
+static block_mpq2x16 XP[X16_ROWS / MPQ2_RP_ROWS * (MAX_N / QK_MPQ2)];
+static block_q8_0    YC[X16_COLS][MAX_N / QK8_0];
+static char          ACT[X16_COLS][MAX_N * 2];
+
+static void check_x16(const char * what, int n, void (*fill)(int n, int arg), int arg) {
+    const int nbx = n / QK_MPQ2, nby = n / QK8_0;
+    for (int r = 0; r < X16_ROWS; ++r) {
+        fill(n, arg);
+        memcpy(XR[r], X, sizeof(block_mpq2) * nbx);
+        if (r < X16_COLS) memcpy(YC[r], Y, sizeof(block_q8_0) * nby);
+    }
+    static block_mpq2 rows[X16_ROWS * (MAX_N / QK_MPQ2)];
+    for (int r = 0; r < X16_ROWS; ++r) memcpy(rows + r*nbx, XR[r], sizeof(block_mpq2) * nbx);
+    ggml_mpq2_repack_x16(XP, rows, X16_ROWS, n);
+    mpq2_act act[X16_COLS];
+    for (int c = 0; c < X16_COLS; ++c) {
+        memcpy(ACT[c], YC[c], sizeof(block_q8_0) * nby);
+        ggml_mpq2_act_finish(ACT[c], n, &act[c]);
+    }
+    static float got[X16_COLS * X16_ROWS], gen[X16_COLS * X16_ROWS];
+    for (int ncols = 1; ncols <= X16_COLS; ncols += 2) {   // 1, 3 and 5 columns
+        ggml_mpq2x16_mul(n, got, X16_ROWS, XP, X16_ROWS / MPQ2_RP_ROWS, act, ncols);
+        ggml_mpq2x16_mul_generic(n, gen, X16_ROWS, XP, X16_ROWS / MPQ2_RP_ROWS, act, ncols);
+        for (int c = 0; c < ncols; ++c) {
+            memcpy(Y, YC[c], sizeof(block_q8_0) * nby);
+            for (int r = 0; r < X16_ROWS; ++r) {
+                memcpy(X, XR[r], sizeof(block_mpq2) * nbx);
+                float one = NAN;
+                ggml_vec_dot_mpq2_q8_0_generic(n, &one, 0, X, 0, Y, 0, 1);
+                double asum;
+                const double ref = reference(n, &asum);
+                const float g = got[c*X16_ROWS + r];
+                const double err = fabs((double) g - ref);
+                n_cases++;
+                if (asum > 0 && err / asum > worst_rel) worst_rel = err / asum;
+                if (!(err <= REL_TOL * asum + 1e-30) || memcmp(&one, &gen[c*X16_ROWS + r], sizeof(float)) != 0) {
+                    n_fail++;
+                    if (n_fail <= 20) {
+                        fprintf(stderr, "FAIL x16 %-24s n=%5d ncols=%d row %2d col %d: simd=%.9g generic=%.9g vec_dot=%.9g ref=%.9g\n",
+                                what, n, ncols, r, c, g, gen[c*X16_ROWS + r], one, ref);
+                    }
+                }
+            }
+        }
+    }
+}
+
 // bitmap -1: random; -2: sparse, as in real files (one block in ~7 has an int8 word), so
 // kernels with a fast path for groups of all-2-bit blocks run both paths in one row
 static uint16_t rand_meta(int bitmap) {
@@ -169,10 +223,15 @@ static void fill_quantized(int n, float salient) {
     mpq2_quantize_q8_0(F, Y, n);
 }
 
+static void fill_random_bitmap(int n, int bitmap) { fill_random(n, bitmap, 127); }
+static void fill_extreme_variant(int n, int variant) { fill_extreme(n, variant); }
+static void fill_quantized_pct(int n, int pct) { fill_quantized(n, (float) pct / 100.0f); }
+
 int main(int argc, char ** argv) {
     mpq2_support_init();
     if (argc > 1) mpq2_rng_state ^= strtoull(argv[1], NULL, 0) * 0x9E3779B97F4A7C15ull;
     printf("kernel=%s\n", ggml_vec_dot_mpq2_q8_0_impl());
+    printf("x16_kernel=%s\n", ggml_mpq2x16_impl());
 
     static const int lengths[] = { 64, 128, 192, 256, 320, 576, 896, 960, 1536, 4864, MAX_N };
     static const struct { const char * name; int bitmap; } patterns[] = {
@@ -208,6 +267,15 @@ int main(int argc, char ** argv) {
         fill_random(n, -1, 127);
         for (int ib = 0; ib < n / QK_MPQ2; ++ib) X[ib].d = (uint8_t) (ib % 3 == 0 ? 0 : ib % 3 == 1 ? 1 : 255);
         check("smallest/largest d", n);
+    }
+    // the repacked 16-row kernel: every bitmap pattern, extreme values, quantized rows
+    static const int x16_lengths[] = { 64, 192, 576, 896, 4864 };
+    for (size_t il = 0; il < sizeof(x16_lengths)/sizeof(x16_lengths[0]); ++il) {
+        const int n = x16_lengths[il];
+        for (size_t ip = 0; ip < sizeof(patterns)/sizeof(patterns[0]); ++ip) check_x16(patterns[ip].name, n, fill_random_bitmap, patterns[ip].bitmap);
+        for (int variant = 0; variant < 8; ++variant) check_x16("extreme values", n, fill_extreme_variant, variant);
+        check_x16("quantized, salient 0", n, fill_quantized_pct, 0);
+        check_x16("quantized, salient 0.125", n, fill_quantized_pct, 12);
     }
     // every multiple of 64 up to 64*64, random and sparse bitmaps
     for (int n = 64; n <= 64*64; n += 64) {

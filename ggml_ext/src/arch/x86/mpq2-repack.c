@@ -1,0 +1,141 @@
+// MPQ2 x Q8_0 over 16 interleaved rows, AVX-512 (F+BW+VL; VNNI and GFNI used when present).
+// Included by ggml_ext/src/ggml-cpu-mpq2-repack.c; defines MPQ2_X16_SIMD and its name.
+//
+// Lane r of every vector is row r of the group. For word w of a block (16 weights per row):
+//   codes:  4 vectors whose lane holds the 2-bit codes of weights 4s..4s+3 as bytes (one
+//           GF2P8AFFINEQB bit-select each, or a shift and a mask without GFNI);
+//   dot:    4 vpdpbusd (codes unsigned, activations signed, no sign trick) against the 4
+//           activations broadcast to all lanes, starting from A << 16 | 0x8000 (A = sum of the
+//           16 activations): S = sum c*a lies in [-6096, 6096], so S + 0x8000 never borrows
+//           from or carries into the high half, and one xor with 0x8000 leaves the int16 pair
+//           (S, A) in each lane;
+//   scale:  one vpmaddwd with the int16 pair (16*mult, -zero*mult) of the lane's word, looked
+//           up from the repacked header's 5-bit (scale code | zero code << 3) with one vpermt2d:
+//           mult * (16 S - zero A), the word's exact integer dot product.
+// The two words of one Q8_0 block are added, converted (exact below 2^24) and accumulated
+// times d * d_q8 per lane. Salient (int8) words, in about 0.01% of converted words, are
+// redone for the lanes that have them (sign trick) and blended in.
+#include <immintrin.h>
+
+#if defined(__AVX512VNNI__)
+#define MPQ2_RP_DOT(acc, u, a) _mm512_dpbusd_epi32((acc), (u), (a))
+#else
+#define MPQ2_RP_DOT(acc, u, a) _mm512_add_epi32((acc), _mm512_madd_epi16(_mm512_maddubs_epi16((u), (a)), _mm512_set1_epi16(1)))
+#endif
+
+#define MPQ2_RP_INLINE static inline __attribute__((always_inline))
+
+// Codes of weights 4s..4s+3 of each lane's word as bytes 0..3 of the lane (file bit order:
+// weight 4s + k at bits 8k + 2s).
+MPQ2_RP_INLINE __m512i mpq2_rp_codes(__m512i q, int s) {
+#if defined(__GFNI__)
+    // GF(2) affine byte transform: output bit i is the parity of (byte 7-i of the matrix) & input,
+    // so bytes 7 and 6 select input bits 2s and 2s+1 into output bits 0 and 1
+    const uint64_t sel = (uint64_t) (1u << (2*s)) << 56 | (uint64_t) (2u << (2*s)) << 48;
+    return _mm512_gf2p8affine_epi64_epi8(q, _mm512_set1_epi64((long long) sel), 0);
+#else
+    return _mm512_and_si512(_mm512_srli_epi32(q, (unsigned) (2*s)), _mm512_set1_epi8(3));
+#endif
+}
+
+// 4 activations (weights 4s..4s+3 of word w of block ib) in every lane.
+MPQ2_RP_INLINE __m512i mpq2_rp_act4(const mpq2_act * y, int ib, int w, int s) {
+    int32_t v;
+    memcpy(&v, y->q[2*ib + w/2].qs + (w & 1)*MPQ2_GROUP + 4*s, sizeof(v));
+    return _mm512_set1_epi32(v);
+}
+
+// Word w's dot products of lanes holding int8 means (sign trick), times the word multipliers m.
+MPQ2_RP_INLINE __m512i mpq2_rp_int8_word(__m512i q, __m512i m, const mpq2_act * y, int ib, int w) {
+    __m512i p = _mm512_setzero_si512();
+    for (int s = 0; s < 4; ++s) {
+        // byte s of each lane's word (the mean of weights 4s..4s+3) into all 4 bytes of the lane
+        const __m512i ctrl = _mm512_add_epi8(_mm512_set4_epi32(0x0C0C0C0C, 0x08080808, 0x04040404, 0x00000000),
+                                             _mm512_set1_epi8((char) s));
+        const __m512i v  = _mm512_shuffle_epi8(q, ctrl);
+        const __m512i a  = mpq2_rp_act4(y, ib, w, s);
+        const __m512i sa = _mm512_mask_sub_epi8(a, _mm512_movepi8_mask(v), _mm512_setzero_si512(), a);
+        p = MPQ2_RP_DOT(p, _mm512_abs_epi8(v), sa);
+    }
+    return _mm512_mullo_epi32(p, m);
+}
+
+// One group of 16 rows times nc (1..4) columns.
+MPQ2_RP_INLINE void mpq2_x16_group(int nb, float * s, size_t bs, const block_mpq2x16 * xg, const mpq2_act * y,
+                                   const int nc, __m512i pt0, __m512i pt1, __m512i mt) {
+    __m512 acc[4];
+    for (int c = 0; c < nc; ++c) acc[c] = _mm512_setzero_ps();
+    for (int ib = 0; ib < nb; ++ib) {
+        const block_mpq2x16 * xb = xg + ib;
+        const __m512i hdr = _mm512_loadu_si512(xb->hdr);
+        // E6M2 in the top byte: bits (code << 21) + (87 << 23) of a float
+        const __m512 dx = _mm512_castsi512_ps(_mm512_add_epi32(
+            _mm512_and_si512(_mm512_srli_epi32(hdr, 3), _mm512_set1_epi32(0x1FE00000)), _mm512_set1_epi32(87 << 23)));
+        const __mmask16 salient = _mm512_test_epi32_mask(hdr, _mm512_set1_epi32(15));
+        for (int h = 0; h < 2; ++h) {
+            __m512i u[4] = { _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512() };
+            for (int w = 2*h; w < 2*h + 2; ++w) {
+                const __m512i q    = _mm512_loadu_si512(xb->qs[w]);
+                const __m512i ix   = _mm512_srli_epi32(hdr, (unsigned) MPQ2_RP_WORD_SHIFT(w));
+                const __m512i pair = _mm512_permutex2var_epi32(pt0, ix, pt1);   // reads index bits 0..4
+                __m512i cs[4];
+                for (int k = 0; k < 4; ++k) cs[k] = mpq2_rp_codes(q, k);
+                __m512i uw[4];
+                for (int c = 0; c < nc; ++c) {
+                    __m512i t = _mm512_set1_epi32(y[c].ahi[4*ib + w]);
+                    for (int k = 0; k < 4; ++k) t = MPQ2_RP_DOT(t, cs[k], mpq2_rp_act4(&y[c], ib, w, k));
+                    uw[c] = _mm512_madd_epi16(_mm512_xor_si512(t, _mm512_set1_epi32(0x8000)), pair);
+                }
+                if (__builtin_expect(salient != 0, 0)) {
+                    const __mmask16 kw = _mm512_test_epi32_mask(hdr, _mm512_set1_epi32(1 << w));
+                    if (kw) {
+                        const __m512i m = _mm512_permutexvar_epi32(ix, mt);   // index bits 0..3: code and one ignored bit
+                        for (int c = 0; c < nc; ++c)
+                            uw[c] = _mm512_mask_blend_epi32(kw, uw[c], mpq2_rp_int8_word(q, m, &y[c], ib, w));
+                    }
+                }
+                for (int c = 0; c < nc; ++c) u[c] = w == 2*h ? uw[c] : _mm512_add_epi32(u[c], uw[c]);
+            }
+            for (int c = 0; c < nc; ++c)
+                acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(u[c]), _mm512_mul_ps(dx, _mm512_set1_ps(y[c].dy[2*ib + h])), acc[c]);
+        }
+    }
+    for (int c = 0; c < nc; ++c) _mm512_storeu_ps(s + c*bs, acc[c]);
+}
+
+static void mpq2_x16_mul_avx512(int n, float * s, size_t bs, const block_mpq2x16 * x, int64_t ngroups,
+                                const mpq2_act * y, int ncols) {
+    assert(n % QK_MPQ2 == 0);
+    const int nb = n / QK_MPQ2;
+    // (16 mult, -zero mult) as int16 pairs for index code | zero << 3, and mult for code | x << 3
+    int32_t pairs[32], mults[16];
+    for (int i = 0; i < 32; ++i) {
+        const int m = mpq2_scale_mult[i & 7], z = mpq2_zero2[i >> 3];
+        pairs[i] = (int32_t) ((uint32_t) (uint16_t) (MPQ2_GRID_STEP*m) | (uint32_t) (uint16_t) (-z*m) << 16);
+        if (i < 16) mults[i] = m;
+    }
+    const __m512i pt0 = _mm512_loadu_si512(pairs), pt1 = _mm512_loadu_si512(pairs + 16), mt = _mm512_loadu_si512(mults);
+    for (int64_t g = 0; g < ngroups; ++g) {
+        const block_mpq2x16 * xg = x + g*nb;
+        float * sg = s + g*MPQ2_RP_ROWS;
+        int c = 0;
+        for (; c + 4 <= ncols; c += 4) mpq2_x16_group(nb, sg + c*bs, bs, xg, y + c, 4, pt0, pt1, mt);
+        switch (ncols - c) {
+            case 3: mpq2_x16_group(nb, sg + c*bs, bs, xg, y + c, 3, pt0, pt1, mt); break;
+            case 2: mpq2_x16_group(nb, sg + c*bs, bs, xg, y + c, 2, pt0, pt1, mt); break;
+            case 1: mpq2_x16_group(nb, sg + c*bs, bs, xg, y + c, 1, pt0, pt1, mt); break;
+            default: break;
+        }
+    }
+}
+
+#define MPQ2_X16_SIMD mpq2_x16_mul_avx512
+#if defined(__AVX512VNNI__) && defined(__GFNI__)
+#define MPQ2_X16_SIMD_NAME "avx512_vnni_gfni"
+#elif defined(__AVX512VNNI__)
+#define MPQ2_X16_SIMD_NAME "avx512_vnni"
+#elif defined(__GFNI__)
+#define MPQ2_X16_SIMD_NAME "avx512_gfni"
+#else
+#define MPQ2_X16_SIMD_NAME "avx512"
+#endif
