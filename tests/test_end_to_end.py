@@ -81,3 +81,29 @@ def test_logits_match_torch_forward_over_dequantized_weights(tiny):
     # the check can tell MPQ2 weights from the originals: those miss by far more
     rel_original = np.abs(got - original) / original.std(axis=-1, keepdims=True)
     assert rel_original.mean() > 3 * rel.mean(), (rel_original.mean(), rel.mean())
+
+
+def test_repacked_weights_match_the_row_wise_kernel(tiny):
+    """The CPU_REPACK path (16 interleaved rows, ggml_mpq2x16_mul) against the row-wise vec_dot,
+    for a prompt (many columns per matmul) and then single tokens (one column)."""
+    from llama_mpq2.model import Model
+
+    log = h.run([h.tool("llama-perplexity"), "-m", tiny["mpq2"], "-f", tiny["text"], "-c", "64", "--chunks", "1",
+                 "-t", "2", "-lv", "4"]).stderr   # verbose: the buffer sizes are info lines
+    if "AVX512 = 1" in log:   # the repacked kernel exists for AVX-512 builds; elsewhere vec_dot runs
+        assert "CPU_REPACK model buffer size" in log, log[-3000:]
+    logits = {}
+    for repack in (True, False):
+        with Model(tiny["mpq2"], n_ctx=128, n_threads=2, repack=repack) as m:
+            tokens = m.tokenize("the teacher helps a green tree at night . my friend calls the old man by the sea .")
+            prompt = m.eval(tokens[:-3], all_logits=True)
+            steps = [m.eval([t], start_pos=len(tokens) - 3 + i) for i, t in enumerate(tokens[-3:])]
+            logits[repack] = np.vstack([prompt, *steps])
+    spread = logits[False].std(axis=-1, keepdims=True)
+    rel = np.abs(logits[True] - logits[False]) / spread
+    # Both kernels compute the same integers per block; the float sums differ in order, about
+    # 1e-7 relative, which now and then moves an activation of the next matmul across a Q8_0
+    # rounding boundary: measured 2e-4 mean and 1.3% worst case of the logit spread. A wrong
+    # row, column or scale moves the logits by whole units of their spread.
+    assert rel.mean() < 1e-3 and rel.max() < 0.05, (rel.mean(), rel.max())
+    assert (logits[True].argmax(-1) == logits[False].argmax(-1)).mean() >= 0.95

@@ -12,21 +12,17 @@
 #include <string.h>
 
 void ggml_mpq2_act_finish(void * buf, int64_t n, mpq2_act * act) {
-    const size_t qsize = ((size_t) (n / 32) * sizeof(block_q8_0) + 63) & ~(size_t) 63;
-    const block_q8_0 * q = (const block_q8_0 *) buf;
-    int32_t * ahi = (int32_t *) ((char *) buf + qsize);
-    float   * dy  = (float *) (ahi + n / 16);
+    ggml_mpq2_act_view(buf, n, act);
+    int32_t * ahi = (int32_t *) act->ahi;
+    float   * dy  = (float *) act->dy;
     for (int64_t j = 0; j < n / 32; ++j) {
-        dy[j] = GGML_CPU_FP16_TO_FP32(q[j].d);
+        dy[j] = GGML_CPU_FP16_TO_FP32(act->q[j].d);
         for (int h = 0; h < 2; ++h) {
             int32_t sum = 0;
-            for (int i = 0; i < 16; ++i) sum += q[j].qs[16*h + i];
-            ahi[2*j + h] = (int32_t) ((uint32_t) sum << 16 | 0x8000);   // see MPQ2_RP_BIAS
+            for (int i = 0; i < 16; ++i) sum += act->q[j].qs[16*h + i];
+            ahi[2*j + h] = (int32_t) ((uint32_t) sum << 16 | 0x8000);   // 0x8000: see arch/x86/mpq2-repack.c
         }
     }
-    act->q = q;
-    act->ahi = ahi;
-    act->dy = dy;
 }
 
 void ggml_mpq2_repack_x16(block_mpq2x16 * dst, const block_mpq2 * src, int64_t nrows, int64_t n) {

@@ -8,7 +8,7 @@
 // file) and has exactly the size of the original, as ggml's repack buffer requires.
 #pragma once
 
-#include "ggml-mpq2.h"
+#include "ggml-mpq2.h"   // and, before this header, ggml-common.h (block_q8_0)
 
 #ifdef __cplusplus
 extern "C" {
@@ -42,14 +42,25 @@ typedef struct {
     const float      * dy;
 } mpq2_act;
 
-// Bytes one column of n activations takes in a work buffer (64-byte aligned parts).
-static inline size_t ggml_mpq2_act_size(int64_t n) {
-    const size_t q = ((size_t) (n / 32) * (sizeof(uint16_t) + 32) + 63) & ~(size_t) 63;
-    return q + (size_t) (n / 16) * sizeof(int32_t) + (((size_t) (n / 32) * sizeof(float) + 63) & ~(size_t) 63);
+// Bytes of the Q8_0 row of n activations, rounded up to 64.
+static inline size_t ggml_mpq2_act_q_size(int64_t n) {
+    return ((size_t) (n / 32) * sizeof(block_q8_0) + 63) & ~(size_t) 63;
 }
 
-// buf (ggml_mpq2_act_size(n) bytes) must already hold the Q8_0 row at its start; fills the
-// sums and scales after it and points *act at the three parts.
+// Bytes one column of n activations takes in a work buffer (64-byte aligned parts).
+static inline size_t ggml_mpq2_act_size(int64_t n) {
+    return ggml_mpq2_act_q_size(n) + (size_t) (n / 16) * sizeof(int32_t) + (((size_t) (n / 32) * sizeof(float) + 63) & ~(size_t) 63);
+}
+
+// The three parts of one column's buffer (ggml_mpq2_act_size(n) bytes, 64-byte aligned).
+static inline void ggml_mpq2_act_view(const void * buf, int64_t n, mpq2_act * act) {
+    act->q   = (const block_q8_0 *) buf;
+    act->ahi = (const int32_t *) ((const char *) buf + ggml_mpq2_act_q_size(n));
+    act->dy  = (const float *) (act->ahi + n / 16);
+}
+
+// buf must already hold the Q8_0 row at its start; fills the sums and scales after it and
+// points *act at the three parts.
 void ggml_mpq2_act_finish(void * buf, int64_t n, mpq2_act * act);
 
 // Rows 16g..16g+15 of src (nrows x n weights, nrows a multiple of 16) into group g of dst.

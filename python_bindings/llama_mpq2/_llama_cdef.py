@@ -17,7 +17,7 @@ struct llama_sampler;
 struct llama_memory_i;
 typedef struct llama_memory_i * llama_memory_t;
 
-struct llama_model_params { int32_t n_gpu_layers; bool vocab_only; bool check_tensors; ...; };
+struct llama_model_params { int32_t n_gpu_layers; bool vocab_only; bool check_tensors; bool use_extra_bufts; ...; };
 struct llama_context_params { uint32_t n_ctx; uint32_t n_batch; uint32_t n_ubatch; uint32_t n_seq_max;
                               int32_t n_threads; int32_t n_threads_batch; bool no_perf; ...; };
 typedef struct llama_batch { int32_t n_tokens; llama_token * token; float * embd; llama_pos * pos;

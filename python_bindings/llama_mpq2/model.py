@@ -89,11 +89,13 @@ class Model:
 
     n_ctx: context window in tokens; n_threads: CPU threads (default: all cores);
     n_batch: tokens per llama_decode call; check_tensors: have llama.cpp validate every tensor's
-    data (MPQ2 blocks included) while loading.
+    data (MPQ2 blocks included) while loading; repack: let llama.cpp lay weights out for its
+    faster CPU kernels where it has them (MPQ2: 16 interleaved rows with AVX-512; False is the
+    tools' --no-repack).
     """
 
     def __init__(self, path: str | os.PathLike, n_ctx: int = 512, n_threads: int | None = None,
-                 n_batch: int = 512, check_tensors: bool = False):
+                 n_batch: int = 512, check_tensors: bool = False, repack: bool = True):
         self._ctx = ffi.NULL
         self._model = ffi.NULL
         self._batch = None
@@ -111,6 +113,7 @@ class Model:
         mparams = lib.llama_model_default_params()
         mparams.n_gpu_layers = 0
         mparams.check_tensors = bool(check_tensors)
+        mparams.use_extra_bufts = bool(repack)   # llama.cpp's default; False: as --no-repack
         _log_mark()
         self._model = lib.llama_model_load_from_file(str(path).encode(), mparams)
         if self._model == ffi.NULL:
