@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """MPQ2 x Q8_0 dot-product throughput per x86 kernel, in GB/s of MPQ2 weight bytes, against a
 plain streaming read of the same bytes (bench/bench_vec_dot.c, one thread, one vec_dot call per
-row). Builds bench_vec_dot.c once per kernel (-march=native, then with features turned off) and
-prints a markdown table for docs/BENCHMARKS.md.
+row), and of the repacked 16-row kernel (ggml_mpq2x16_mul, what the CPU_REPACK buffer runs) over
+the same rows with 1 and 4 activation columns. Builds bench_vec_dot.c once per kernel
+(-march=native, then with features turned off) and prints a markdown table for docs/BENCHMARKS.md.
 
     python3 bench/bench_vec_dot.py [--mib 64] [--n 4096] [--repeats 9] [--cache-mib 0.5]
     python3 bench/bench_vec_dot.py --types mpq2,q2_K,iq2_xxs,iq2_xs,q2_0,q4_0 [--mib 64] [--cache-mib 0.5]
@@ -28,6 +29,7 @@ VARIANTS = [  # (label, flags); "scalar" is ggml_vec_dot_mpq2_q8_0_generic from 
     ("-march=native -mno-avx512vnni", ["-march=native", "-mno-avx512vnni"]),
     ("-march=native -mno-avx512vbmi", ["-march=native", "-mno-avx512vbmi"]),
     ("-mavx2 -mfma -mf16c", ["-mavx2", "-mfma", "-mf16c"]),
+    ("-mavx2 -mfma -mf16c -mgfni", ["-mavx2", "-mfma", "-mf16c", "-mgfni"]),
 ]
 INT8_BLOCKS = 0.0004
 LINE = re.compile(r"^(.+?)\s+([\d.]+) MiB\s+min\s+([\d.]+) ms\s+median\s+([\d.]+) ms\s+->\s+([\d.]+) GB/s \(min\)\s+([\d.]+) GB/s")
@@ -112,6 +114,10 @@ def main() -> None:
                 if kernel + " 2x2" in res:   # per column: two rows x two columns per call (prompts)
                     rows.append((mib, f"`{kernel.removeprefix('vec_dot ')}` 2x2, per column (`{label}`)",
                                  res[kernel + " 2x2"], res["stream read"]))
+                for x16 in [k for k in res if k.startswith("x16 ")]:   # the repacked 16-row kernel
+                    cols = "4 columns, per column" if x16.endswith(" 4col") else "1 column"
+                    rows.append((mib, f"repacked x16 `{x16.removeprefix('x16 ').removesuffix(' 4col')}` {cols} (`{label}`)",
+                                 res[x16], res["stream read"]))
                 if i == 0:
                     rows.append((mib, "`generic` scalar (`-march=native`)", res["vec_dot generic"], res["stream read"]))
     print(f"row length {args.n}, {args.repeats} repeats, 1 thread; GB/s of MPQ2 weight bytes (20 bytes per 64 weights)\n")

@@ -59,29 +59,33 @@ def run(cmd: list[str], expect_kernel: str) -> str:
     return out
 
 
-# (name, compiler flags, kernel it must select, CPU flags the host needs to run it)
+# (name, compiler flags, vec_dot kernel it must select, repacked 16-row kernel it must select,
+# CPU flags the host needs to run it); None: whatever the native build picks
 X86_TARGETS = [
-    ("native", ["-march=native"], None, []),
+    ("native", ["-march=native"], None, None, []),
     ("avx512-vbmi-vnni", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vbmi", "-mavx512vnni", "-mfma", "-mf16c"],
-     "avx512_vnni", ["avx512bw", "avx512vl", "avx512_vbmi", "avx512_vnni"]),
-    ("avx512-vnni", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mfma", "-mf16c"],
-     "avx512_vnni", ["avx512bw", "avx512vl", "avx512_vnni"]),
-    ("avx512", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-mf16c"], "avx512", ["avx512bw", "avx512vl"]),
-    ("avx2", ["-mavx2", "-mfma", "-mf16c"], "avx2", ["avx2", "fma", "f16c"]),
-    ("avx2-nof16c-nofma", ["-mavx2"], "avx2", ["avx2"]),
-    ("generic", ["-mno-avx2"], "generic", []),
+     "avx512_vnni", "avx512_vnni", ["avx512bw", "avx512vl", "avx512_vbmi", "avx512_vnni"]),
+    ("avx512-vnni-gfni", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mgfni", "-mfma", "-mf16c"],
+     "avx512_vnni", "avx512_vnni_gfni", ["avx512bw", "avx512vl", "avx512_vnni", "gfni"]),
+    ("avx512", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-mf16c"], "avx512", "avx512", ["avx512bw", "avx512vl"]),
+    ("avx2", ["-mavx2", "-mfma", "-mf16c"], "avx2", "avx2", ["avx2", "fma", "f16c"]),
+    ("avx2-gfni", ["-mavx2", "-mfma", "-mf16c", "-mgfni"], "avx2", "avx2_gfni", ["avx2", "fma", "f16c", "gfni"]),
+    ("avx2-avxvnni-gfni", ["-mavx2", "-mfma", "-mf16c", "-mavxvnni", "-mgfni"], "avx2_vnni", "avx2_vnni_gfni",
+     ["avx2", "fma", "f16c", "avx_vnni", "gfni"]),
+    ("avx2-nof16c-nofma", ["-mavx2"], "avx2", "avx2", ["avx2"]),
+    ("generic", ["-mno-avx2"], "generic", "generic", []),
     # our C code (reference quantizer, dequantizer, generic and SIMD dot) under AddressSanitizer
     # and UndefinedBehaviorSanitizer: any report aborts the run and fails the test
     ("native-asan-ubsan", ["-march=native", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
-                           "-fno-omit-frame-pointer"], None, []),
+                           "-fno-omit-frame-pointer"], None, None, []),
     ("generic-asan-ubsan", ["-mno-avx2", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"],
-     "generic", []),
+     "generic", "generic", []),
 ]
 
 
 @pytest.mark.skipif(not IS_X86, reason="x86 kernels run on x86 hosts (the AArch64 test covers ARM)")
-@pytest.mark.parametrize("name,flags,kernel,needs", X86_TARGETS, ids=[t[0] for t in X86_TARGETS])
-def test_x86_kernels(tmp_path, name, flags, kernel, needs):
+@pytest.mark.parametrize("name,flags,kernel,x16_kernel,needs", X86_TARGETS, ids=[t[0] for t in X86_TARGETS])
+def test_x86_kernels(tmp_path, name, flags, kernel, x16_kernel, needs):
     host = cpu_flags()
     missing = [f for f in needs if f" {f}" not in host]
     exe = build(shutil.which("cc") or "gcc", flags, tmp_path / f"check-{name}")
@@ -91,9 +95,13 @@ def test_x86_kernels(tmp_path, name, flags, kernel, needs):
     if kernel is None:
         r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
         kernel = r.stdout.split("\n", 1)[0].removeprefix("kernel=")
+        x16_kernel = r.stdout.split("\n", 2)[1].removeprefix("x16_kernel=")
         if " avx2" in host:
             assert kernel != "generic", "native build of an AVX2 host fell back to the scalar kernel"
-    print(run([str(exe)], kernel))
+            assert x16_kernel != "generic", "native build of an AVX2 host has no repacked kernel"
+    out = run([str(exe)], kernel)
+    assert f"x16_kernel={x16_kernel}\n" in out, out[:500]
+    print(out)
 
 
 @pytest.mark.parametrize("march,kernel", [("armv8.2-a+dotprod", "neon_dotprod"), ("armv8-a", "neon")])

@@ -82,7 +82,7 @@ void ggml_mpq2x16_mul_generic(int n, float * s, size_t bs, const block_mpq2x16 *
     }
 }
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#if defined(__AVX2__) || (defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__))
 #include "arch/x86/mpq2-repack.c"
 #endif
 

@@ -1,5 +1,5 @@
-// MPQ2 x Q8_0 over 16 interleaved rows, AVX-512 (F+BW+VL; VNNI and GFNI used when present).
-// Included by ggml_ext/src/ggml-cpu-mpq2-repack.c; defines MPQ2_X16_SIMD and its name.
+// MPQ2 x Q8_0 over 16 interleaved rows: AVX-512 (F+BW+VL) and AVX2, each using VNNI and GFNI
+// when present. Included by ggml_ext/src/ggml-cpu-mpq2-repack.c; defines MPQ2_X16_SIMD and its name.
 //
 // Lane r of every vector is row r of the group. For word w of a block (16 weights per row):
 //   codes:  4 vectors whose lane holds the 2-bit codes of weights 4s..4s+3 as bytes (one
@@ -17,13 +17,15 @@
 // redone for the lanes that have them (sign trick) and blended in.
 #include <immintrin.h>
 
+#define MPQ2_RP_INLINE static inline __attribute__((always_inline))
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+
 #if defined(__AVX512VNNI__)
 #define MPQ2_RP_DOT(acc, u, a) _mm512_dpbusd_epi32((acc), (u), (a))
 #else
 #define MPQ2_RP_DOT(acc, u, a) _mm512_add_epi32((acc), _mm512_madd_epi16(_mm512_maddubs_epi16((u), (a)), _mm512_set1_epi16(1)))
 #endif
-
-#define MPQ2_RP_INLINE static inline __attribute__((always_inline))
 
 // Codes of weights 4s..4s+3 of each lane's word as bytes 0..3 of the lane (file bit order:
 // weight 4s + k at bits 8k + 2s).
@@ -130,12 +132,132 @@ static void mpq2_x16_mul_avx512(int n, float * s, size_t bs, const block_mpq2x16
 }
 
 #define MPQ2_X16_SIMD mpq2_x16_mul_avx512
-#if defined(__AVX512VNNI__) && defined(__GFNI__)
-#define MPQ2_X16_SIMD_NAME "avx512_vnni_gfni"
-#elif defined(__AVX512VNNI__)
-#define MPQ2_X16_SIMD_NAME "avx512_vnni"
-#elif defined(__GFNI__)
-#define MPQ2_X16_SIMD_NAME "avx512_gfni"
+#define MPQ2_X16_ISA "avx512"
+
+#elif defined(__AVX2__)
+
+// ---------------------------------------------------------------------------------------
+// AVX2: the same scheme on 8 lanes, the 16 rows of a group in two passes of 8. Without a
+// 32-entry lookup, the zero term is folded first and the multiplier after: vpmaddwd of (S, A)
+// with (16, -zero) gives 16 S - zero A, one vpmulld applies mult.
+
+#if defined(__AVXVNNI__)
+#define MPQ2_RP_DOT8(acc, u, a) _mm256_dpbusd_avx_epi32((acc), (u), (a))
+#elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define MPQ2_RP_DOT8(acc, u, a) _mm256_dpbusd_epi32((acc), (u), (a))
 #else
-#define MPQ2_X16_SIMD_NAME "avx512"
+#define MPQ2_RP_DOT8(acc, u, a) _mm256_add_epi32((acc), _mm256_madd_epi16(_mm256_maddubs_epi16((u), (a)), _mm256_set1_epi16(1)))
+#endif
+
+MPQ2_RP_INLINE __m256i mpq2_rp_codes8(__m256i q, int s) {
+#if defined(__GFNI__)
+    const uint64_t sel = (uint64_t) (1u << (2*s)) << 56 | (uint64_t) (2u << (2*s)) << 48;
+    return _mm256_gf2p8affine_epi64_epi8(q, _mm256_set1_epi64x((long long) sel), 0);
+#else
+    return _mm256_and_si256(_mm256_srli_epi32(q, 2*s), _mm256_set1_epi8(3));
+#endif
+}
+
+MPQ2_RP_INLINE __m256i mpq2_rp_act4_8(const mpq2_act * y, int ib, int w, int s) {
+    int32_t v;
+    memcpy(&v, y->q[2*ib + w/2].qs + (w & 1)*MPQ2_GROUP + 4*s, sizeof(v));
+    return _mm256_set1_epi32(v);
+}
+
+// Word w's dot products of lanes holding int8 means (sign trick), not yet times mult.
+MPQ2_RP_INLINE __m256i mpq2_rp_int8_word8(__m256i q, const mpq2_act * y, int ib, int w) {
+    __m256i p = _mm256_setzero_si256();
+    for (int s = 0; s < 4; ++s) {
+        const __m256i ctrl = _mm256_add_epi8(_mm256_setr_epi32(0, 0x04040404, 0x08080808, 0x0C0C0C0C, 0, 0x04040404, 0x08080808, 0x0C0C0C0C),
+                                             _mm256_set1_epi8((char) s));
+        const __m256i v = _mm256_shuffle_epi8(q, ctrl);
+        p = MPQ2_RP_DOT8(p, _mm256_sign_epi8(v, v), _mm256_sign_epi8(mpq2_rp_act4_8(y, ib, w, s), v));
+    }
+    return p;
+}
+
+// 8 rows (half `half` of a group) times nc (1 or 2) columns.
+MPQ2_RP_INLINE void mpq2_x16_half(int nb, float * s, size_t bs, const block_mpq2x16 * xg, int half, const mpq2_act * y,
+                                  const int nc, __m256i zt, __m256i mt) {
+    __m256 acc[2];
+    for (int c = 0; c < nc; ++c) acc[c] = _mm256_setzero_ps();
+    for (int ib = 0; ib < nb; ++ib) {
+        const block_mpq2x16 * xb = xg + ib;
+        const __m256i hdr = _mm256_loadu_si256((const __m256i *) (xb->hdr + 8*half));
+        const __m256 dx = _mm256_castsi256_ps(_mm256_add_epi32(
+            _mm256_and_si256(_mm256_srli_epi32(hdr, 3), _mm256_set1_epi32(0x1FE00000)), _mm256_set1_epi32(87 << 23)));
+        const int salient = !_mm256_testz_si256(hdr, _mm256_set1_epi32(15));
+        for (int h = 0; h < 2; ++h) {
+            __m256i u[2] = { _mm256_setzero_si256(), _mm256_setzero_si256() };
+            for (int w = 2*h; w < 2*h + 2; ++w) {
+                const __m256i q  = _mm256_loadu_si256((const __m256i *) (xb->qs[w] + 8*half));
+                const __m256i ix = _mm256_srli_epi32(hdr, MPQ2_RP_WORD_SHIFT(w));
+                const __m256i zp = _mm256_permutevar8x32_epi32(zt, _mm256_srli_epi32(ix, 3));   // (16, -zero), index bits 0..2
+                const __m256i m  = _mm256_permutevar8x32_epi32(mt, ix);                         // mult, index bits 0..2
+                __m256i cs[4];
+                for (int k = 0; k < 4; ++k) cs[k] = mpq2_rp_codes8(q, k);
+                __m256i uw[2];
+                for (int c = 0; c < nc; ++c) {
+                    __m256i t = _mm256_set1_epi32(y[c].ahi[4*ib + w]);
+                    for (int k = 0; k < 4; ++k) t = MPQ2_RP_DOT8(t, cs[k], mpq2_rp_act4_8(&y[c], ib, w, k));
+                    uw[c] = _mm256_madd_epi16(_mm256_xor_si256(t, _mm256_set1_epi32(0x8000)), zp);
+                }
+                if (__builtin_expect(salient, 0)) {
+                    const __m256i bit = _mm256_set1_epi32(1 << w);
+                    const __m256i kw  = _mm256_cmpeq_epi32(_mm256_and_si256(hdr, bit), bit);
+                    if (!_mm256_testz_si256(kw, kw)) {
+                        for (int c = 0; c < nc; ++c) uw[c] = _mm256_blendv_epi8(uw[c], mpq2_rp_int8_word8(q, &y[c], ib, w), kw);
+                    }
+                }
+                for (int c = 0; c < nc; ++c) u[c] = _mm256_add_epi32(u[c], _mm256_mullo_epi32(uw[c], m));
+            }
+            for (int c = 0; c < nc; ++c) {
+                const __m256 sc = _mm256_mul_ps(dx, _mm256_set1_ps(y[c].dy[2*ib + h]));
+#if defined(__FMA__)
+                acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(u[c]), sc, acc[c]);
+#else
+                acc[c] = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(u[c]), sc), acc[c]);
+#endif
+            }
+        }
+    }
+    for (int c = 0; c < nc; ++c) _mm256_storeu_ps(s + c*bs + 8*half, acc[c]);
+}
+
+static void mpq2_x16_mul_avx2(int n, float * s, size_t bs, const block_mpq2x16 * x, int64_t ngroups,
+                              const mpq2_act * y, int ncols) {
+    assert(n % QK_MPQ2 == 0);
+    const int nb = n / QK_MPQ2;
+    // (16, -zero) as int16 pairs by zero code, and mult by scale code (index bit 3 ignored)
+    int32_t zpairs[8], mults[8];
+    for (int i = 0; i < 8; ++i) {
+        zpairs[i] = (int32_t) ((uint32_t) MPQ2_GRID_STEP | (uint32_t) (uint16_t) (-mpq2_zero2[i & 3]) << 16);
+        mults[i]  = mpq2_scale_mult[i];
+    }
+    const __m256i zt = _mm256_loadu_si256((const __m256i *) zpairs), mt = _mm256_loadu_si256((const __m256i *) mults);
+    for (int64_t g = 0; g < ngroups; ++g) {
+        const block_mpq2x16 * xg = x + g*nb;
+        float * sg = s + g*MPQ2_RP_ROWS;
+        for (int half = 0; half < 2; ++half) {
+            int c = 0;
+            for (; c + 2 <= ncols; c += 2) mpq2_x16_half(nb, sg + c*bs, bs, xg, half, y + c, 2, zt, mt);
+            if (c < ncols) mpq2_x16_half(nb, sg + c*bs, bs, xg, half, y + c, 1, zt, mt);
+        }
+    }
+}
+
+#define MPQ2_X16_SIMD mpq2_x16_mul_avx2
+#define MPQ2_X16_ISA "avx2"
+
+#endif
+
+#if defined(__AVX512VNNI__) || defined(__AVXVNNI__)
+#define MPQ2_X16_VNNI "_vnni"
+#else
+#define MPQ2_X16_VNNI ""
+#endif
+#if defined(__GFNI__)
+#define MPQ2_X16_SIMD_NAME MPQ2_X16_ISA MPQ2_X16_VNNI "_gfni"
+#else
+#define MPQ2_X16_SIMD_NAME MPQ2_X16_ISA MPQ2_X16_VNNI
 #endif
