@@ -121,27 +121,27 @@ int main(int argc, char ** argv) {
     run(name, ggml_vec_dot_mpq2_q8_0, W, A, out, rows, n, reps, bytes, 2);
     run("vec_dot generic", ggml_vec_dot_mpq2_q8_0_generic, W, A, out, rows, n, reps, bytes, 1);
 
-    // the same rows (a multiple of 16 of them) repacked, 1 and 4 activation columns
+    // the same rows (a multiple of 16 of them) repacked, 1 and 8 activation columns
     const int64_t rows16 = rows / MPQ2_RP_ROWS * MPQ2_RP_ROWS;
     if (rows16 > 0) {
         const size_t bytes16 = (size_t) rows16 * row_bytes;
         block_mpq2x16 * WP  = aligned_alloc(64, (bytes16 + 63) / 64 * 64);
-        char          * buf = aligned_alloc(64, 4 * ggml_mpq2_act_size(n));
-        float         * o4  = malloc(sizeof(float) * (size_t) rows16 * 4);
+        char          * buf = aligned_alloc(64, 8 * ggml_mpq2_act_size(n));
+        float         * o4  = malloc(sizeof(float) * (size_t) rows16 * 8);
         if (!WP || !buf || !o4) {
             fprintf(stderr, "out of memory\n");
             return 1;
         }
         ggml_mpq2_repack_x16(WP, W, rows16, n);
-        mpq2_act acts[4];
-        for (int c = 0; c < 4; ++c) {
+        mpq2_act acts[8];
+        for (int c = 0; c < 8; ++c) {
             memcpy(buf + c * ggml_mpq2_act_size(n), A, sizeof(block_q8_0) * (size_t) (n / QK8_0));
             ggml_mpq2_act_finish(buf + c * ggml_mpq2_act_size(n), n, &acts[c]);
         }
         snprintf(name, sizeof name, "x16 %s", ggml_mpq2x16_impl());
         run_x16(name, WP, acts, o4, rows16, n, reps, bytes16, 1);
-        snprintf(name, sizeof name, "x16 %s 4col", ggml_mpq2x16_impl());
-        run_x16(name, WP, acts, o4, rows16, n, reps, bytes16, 4);
+        snprintf(name, sizeof name, "x16 %s 8col", ggml_mpq2x16_impl());
+        run_x16(name, WP, acts, o4, rows16, n, reps, bytes16, 8);
     }
     return 0;
 }

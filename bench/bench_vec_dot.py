@@ -2,7 +2,7 @@
 """MPQ2 x Q8_0 dot-product throughput per x86 kernel, in GB/s of MPQ2 weight bytes, against a
 plain streaming read of the same bytes (bench/bench_vec_dot.c, one thread, one vec_dot call per
 row), and of the repacked 16-row kernel (ggml_mpq2x16_mul, what the CPU_REPACK buffer runs) over
-the same rows with 1 and 4 activation columns. Builds bench_vec_dot.c once per kernel
+the same rows with 1 and 8 activation columns. Builds bench_vec_dot.c once per kernel
 (-march=native, then with features turned off) and prints a markdown table for docs/BENCHMARKS.md.
 
     python3 bench/bench_vec_dot.py [--mib 64] [--n 4096] [--repeats 9] [--cache-mib 0.5]
@@ -115,8 +115,8 @@ def main() -> None:
                     rows.append((mib, f"`{kernel.removeprefix('vec_dot ')}` 2x2, per column (`{label}`)",
                                  res[kernel + " 2x2"], res["stream read"]))
                 for x16 in [k for k in res if k.startswith("x16 ")]:   # the repacked 16-row kernel
-                    cols = "4 columns, per column" if x16.endswith(" 4col") else "1 column"
-                    rows.append((mib, f"repacked x16 `{x16.removeprefix('x16 ').removesuffix(' 4col')}` {cols} (`{label}`)",
+                    cols = "8 columns, per column" if x16.endswith(" 8col") else "1 column"
+                    rows.append((mib, f"repacked x16 `{x16.removeprefix('x16 ').removesuffix(' 8col')}` {cols} (`{label}`)",
                                  res[x16], res["stream read"]))
                 if i == 0:
                     rows.append((mib, "`generic` scalar (`-march=native`)", res["vec_dot generic"], res["stream read"]))

@@ -4,7 +4,7 @@
 if llama-quantize reports any fallback). Speed does not depend on the weight values.
 
     python3 bench/speed_fair_model.py [--layers 12] [--threads 1,2] [--reps 3] [--types MPQ2,Q2_K,...]
-                                      [--output-type q4_0] [--prepare-only]
+                                      [--output-type q4_0] [--repack 1] [--prepare-only]
 
 Writes the F16 model (tokenizer metadata copied from SmolLM2's GGUF), an imatrix, one --pure file
 per type, then runs one llama-bench over all files (-p 512 -n 128), side by side in one run, and
@@ -90,6 +90,9 @@ def main() -> None:
     ap.add_argument("--output-type", default="q4_0",
                     help="type of the output and token embedding in every file (default q4_0: the IQ2 types need an "
                          "imatrix there, which llama-imatrix does not record; a small type keeps the race on the block matrices)")
+    ap.add_argument("--repack", default="1",
+                    help="llama-bench --repack values: 1 (llama.cpp's default: repacked weights where a type has "
+                         "a CPU_REPACK kernel, as MPQ2, Q2_K and Q4_0 have here), 0 (row-wise vec_dot), or 0,1")
     ap.add_argument("--prepare-only", action="store_true", help="write the model files, do not run the benchmark "
                     "(quantizing can share the machine, the race cannot)")
     args = ap.parse_args()
@@ -119,17 +122,21 @@ def main() -> None:
     if args.prepare_only:
         return
     stream = {t: stream_bandwidth(int(t)) for t in args.threads.split(",")}
-    cmd = [bin_path("llama-bench"), "-p", "512", "-n", "128", "-t", args.threads, "-r", args.reps, "-o", "json"]
+    cmd = [bin_path("llama-bench"), "-p", "512", "-n", "128", "-t", args.threads, "-r", args.reps,
+           "--repack", args.repack, "-o", "json"]
     for f in files:
         cmd += ["-m", f]
     print_table(json.loads(run(cmd).stdout), {str(f): weight_bytes_per_token(f) for f in files}, stream)
 
 
 def weight_bytes_per_token(path: Path) -> int:
-    """Bytes of every weight matrix generation reads per token (the token embedding: one row)."""
+    """Bytes of every weight matrix generation reads per token: all but the token embedding (one
+    row of it), which is read whole after all when the output layer shares it (tied, no output.weight)."""
     import gguf
-    return sum(int(t.n_bytes) for t in gguf.GGUFReader(path).tensors
-               if len(t.shape) >= 2 and t.name != "token_embd.weight")
+    tensors = gguf.GGUFReader(path).tensors
+    tied = not any(t.name == "output.weight" for t in tensors)
+    return sum(int(t.n_bytes) for t in tensors
+               if len(t.shape) >= 2 and (t.name != "token_embd.weight" or tied))
 
 
 def stream_bandwidth(threads: int) -> float:
@@ -141,19 +148,21 @@ def stream_bandwidth(threads: int) -> float:
     return float(re.search(r"median ([\d.]+) GB/s", out).group(1))
 
 
-def print_table(records: list[dict], wbytes: dict[str, int], stream: dict[str, float]) -> None:
-    print("| type | threads | test | t/s best | t/s median | weights GB/s (median) | share of stream read |")
-    print("|---|---|---|---|---|---|---|")
+def print_table(records: list[dict], wbytes: dict[str, int], stream: dict[str, float],
+                names: dict[str, str] | None = None) -> None:
+    """names: model file -> label (default: the type at the end of the file name)."""
+    print("| type | repack | threads | test | t/s best | t/s median | weights GB/s (median) | share of stream read |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in records:
         samples = r.get("samples_ts") or [r["avg_ts"]]
         best, med = max(samples), statistics.median(samples)
-        name = Path(r["model_filename"]).stem.split("-")[-1].upper()
+        name = (names or {}).get(r["model_filename"]) or Path(r["model_filename"]).stem.split("-")[-1].upper()
         test = f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}"
         bw = share = "-"
         if not r["n_prompt"]:
             gbs = wbytes[r["model_filename"]] * med / 1e9
             bw, share = f"{gbs:.2f}", f"{gbs / stream[str(r['n_threads'])]:.0%}"
-        print(f"| {name} | {r['n_threads']} | {test} | {best:.2f} | {med:.2f} | {bw} | {share} |")
+        print(f"| {name} | {int(r.get('repack', 1))} | {r['n_threads']} | {test} | {best:.2f} | {med:.2f} | {bw} | {share} |")
     print()
     print("streaming read (bench/stream_bw.c, median GB/s): " + ", ".join(f"{t} threads {g:.1f}" for t, g in stream.items()))
 

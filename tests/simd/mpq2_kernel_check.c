@@ -105,10 +105,10 @@ static void check(const char * what, int n) {
 }
 
 // The repacked 16-row kernel (CPU_REPACK buffers): 32 rows (two groups) built by fill(), up to
-// 5 columns (so the 4-column and the 1..3-column paths all run), against the exact float64 dot;
+// 11 columns (so the 8-, 4-, 2- and 1-column paths all run), against the exact float64 dot;
 // the scalar x16 reference must equal the scalar vec_dot bit for bit (same integers, same order).
 #define X16_ROWS 32
-#define X16_COLS 5
+#define X16_COLS 11
 static block_mpq2    XR[X16_ROWS][MAX_N / QK_MPQ2];
 static block_mpq2x16 XP[X16_ROWS / MPQ2_RP_ROWS * (MAX_N / QK_MPQ2)];
 static block_q8_0    YC[X16_COLS][MAX_N / QK8_0];
@@ -130,7 +130,7 @@ static void check_x16(const char * what, int n, void (*fill)(int n, int arg), in
         ggml_mpq2_act_finish(ACT[c], n, &act[c]);
     }
     static float got[X16_COLS * X16_ROWS], gen[X16_COLS * X16_ROWS];
-    for (int ncols = 1; ncols <= X16_COLS; ncols += 2) {   // 1, 3 and 5 columns
+    for (int ncols = 1; ncols <= X16_COLS; ncols += 2) {   // 1, 3, 5, ..., 11 columns
         ggml_mpq2x16_mul(n, got, X16_ROWS, XP, X16_ROWS / MPQ2_RP_ROWS, act, ncols);
         ggml_mpq2x16_mul_generic(n, gen, X16_ROWS, XP, X16_ROWS / MPQ2_RP_ROWS, act, ncols);
         for (int c = 0; c < ncols; ++c) {

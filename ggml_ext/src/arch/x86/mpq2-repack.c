@@ -9,12 +9,15 @@
 //           16 activations): S = sum c*a lies in [-6096, 6096], so S + 0x8000 never borrows
 //           from or carries into the high half, and one xor with 0x8000 leaves the int16 pair
 //           (S, A) in each lane;
-//   scale:  one vpmaddwd with the int16 pair (16*mult, -zero*mult) of the lane's word, looked
-//           up from the repacked header's 5-bit (scale code | zero code << 3) with one vpermt2d:
-//           mult * (16 S - zero A), the word's exact integer dot product.
-// The two words of one Q8_0 block are added, converted (exact below 2^24) and accumulated
-// times d * d_q8 per lane. Salient (int8) words, in about 0.01% of converted words, are
-// redone for the lanes that have them (sign trick) and blended in.
+//   scale:  one vpmaddwd (vpdpwssd with VNNI, accumulating) with the int16 pair (16*mult,
+//           -zero*mult) of the lane's word, looked up from the repacked header's 5-bit
+//           (scale code | zero code << 3) with one vpermt2d: mult * (16 S - zero A), the word's
+//           exact integer dot product.
+// The two words of one Q8_0 block are summed, converted (exact below 2^24) and accumulated
+// times d * d_q8 per lane. Up to 8 activation columns share each decoded word (prompts). The
+// main loop takes every word as 2-bit; salient (int8) words, about 0.01% of converted words,
+// are corrected in a second pass over the group for the lanes that have them (sign trick), so
+// the main loop keeps its registers for 8 columns.
 #include <immintrin.h>
 
 #define MPQ2_RP_INLINE static inline __attribute__((always_inline))
@@ -22,9 +25,11 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 
 #if defined(__AVX512VNNI__)
-#define MPQ2_RP_DOT(acc, u, a) _mm512_dpbusd_epi32((acc), (u), (a))
+#define MPQ2_RP_DOT(acc, u, a)      _mm512_dpbusd_epi32((acc), (u), (a))
+#define MPQ2_RP_MADD_ACC(acc, p, q) _mm512_dpwssd_epi32((acc), (p), (q))
 #else
-#define MPQ2_RP_DOT(acc, u, a) _mm512_add_epi32((acc), _mm512_madd_epi16(_mm512_maddubs_epi16((u), (a)), _mm512_set1_epi16(1)))
+#define MPQ2_RP_DOT(acc, u, a)      _mm512_add_epi32((acc), _mm512_madd_epi16(_mm512_maddubs_epi16((u), (a)), _mm512_set1_epi16(1)))
+#define MPQ2_RP_MADD_ACC(acc, p, q) _mm512_add_epi32((acc), _mm512_madd_epi16((p), (q)))
 #endif
 
 // Codes of weights 4s..4s+3 of each lane's word as bytes 0..3 of the lane (file bit order:
@@ -62,45 +67,80 @@ MPQ2_RP_INLINE __m512i mpq2_rp_int8_word(__m512i q, __m512i m, const mpq2_act * 
     return _mm512_mullo_epi32(p, m);
 }
 
-// One group of 16 rows times nc (1..4) columns.
-MPQ2_RP_INLINE void mpq2_x16_group(int nb, float * s, size_t bs, const block_mpq2x16 * xg, const mpq2_act * y,
-                                   const int nc, __m512i pt0, __m512i pt1, __m512i mt) {
-    __m512 acc[4];
-    for (int c = 0; c < nc; ++c) acc[c] = _mm512_setzero_ps();
+// Word w's (S, A) pair of each lane for one column: 4 vpdpbusd from A << 16 | 0x8000, one xor.
+MPQ2_RP_INLINE __m512i mpq2_rp_pair_sums(const __m512i * cs, const mpq2_act * y, int ib, int w) {
+    __m512i t = _mm512_set1_epi32(y->ahi[4*ib + w]);
+    for (int k = 0; k < 4; ++k) t = MPQ2_RP_DOT(t, cs[k], mpq2_rp_act4(y, ib, w, k));
+    return _mm512_xor_si512(t, _mm512_set1_epi32(0x8000));
+}
+
+// Decoded scale d of every lane (E6M2 in the top byte: bits (code << 21) + (87 << 23) of a float).
+MPQ2_RP_INLINE __m512 mpq2_rp_dx(__m512i hdr) {
+    return _mm512_castsi512_ps(_mm512_add_epi32(
+        _mm512_and_si512(_mm512_srli_epi32(hdr, 3), _mm512_set1_epi32(0x1FE00000)), _mm512_set1_epi32(87 << 23)));
+}
+
+// Second pass over a group for its int8 words (about 0.01% of converted words): the main loop
+// took every word as 2-bit; add (int8 dot - 2-bit dot) for the lanes that hold an int8 word.
+// Kept out of the main loop so that its registers stay free for 8 columns.
+static __attribute__((noinline)) void mpq2_x16_int8_fix(int nb, const block_mpq2x16 * xg, const mpq2_act * y, int nc,
+                                                        __m512 * acc, __m512i pt0, __m512i pt1, __m512i mt) {
     for (int ib = 0; ib < nb; ++ib) {
         const block_mpq2x16 * xb = xg + ib;
         const __m512i hdr = _mm512_loadu_si512(xb->hdr);
-        // E6M2 in the top byte: bits (code << 21) + (87 << 23) of a float
-        const __m512 dx = _mm512_castsi512_ps(_mm512_add_epi32(
-            _mm512_and_si512(_mm512_srli_epi32(hdr, 3), _mm512_set1_epi32(0x1FE00000)), _mm512_set1_epi32(87 << 23)));
-        const __mmask16 salient = _mm512_test_epi32_mask(hdr, _mm512_set1_epi32(15));
+        if (!_mm512_test_epi32_mask(hdr, _mm512_set1_epi32(15))) {
+            continue;
+        }
+        const __m512 dx = mpq2_rp_dx(hdr);
+        for (int w = 0; w < MPQ2_WORDS; ++w) {
+            const __mmask16 kw = _mm512_test_epi32_mask(hdr, _mm512_set1_epi32(1 << w));
+            if (!kw) {
+                continue;
+            }
+            const __m512i q    = _mm512_loadu_si512(xb->qs[w]);
+            const __m512i ix   = _mm512_srli_epi32(hdr, (unsigned) MPQ2_RP_WORD_SHIFT(w));
+            const __m512i pair = _mm512_permutex2var_epi32(pt0, ix, pt1);
+            const __m512i m    = _mm512_permutexvar_epi32(ix, mt);   // index bits 0..3: code and one ignored bit
+            __m512i cs[4];
+            for (int k = 0; k < 4; ++k) cs[k] = mpq2_rp_codes(q, k);
+            for (int c = 0; c < nc; ++c) {
+                const __m512i fast = _mm512_madd_epi16(mpq2_rp_pair_sums(cs, &y[c], ib, w), pair);
+                const __m512i diff = _mm512_sub_epi32(mpq2_rp_int8_word(q, m, &y[c], ib, w), fast);
+                acc[c] = _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(diff), _mm512_mul_ps(dx, _mm512_set1_ps(y[c].dy[2*ib + w/2])),
+                                               acc[c], kw);
+            }
+        }
+    }
+}
+
+// One group of 16 rows times nc (1..8) columns.
+MPQ2_RP_INLINE void mpq2_x16_group(int nb, float * s, size_t bs, const block_mpq2x16 * xg, const mpq2_act * y,
+                                   const int nc, __m512i pt0, __m512i pt1, __m512i mt) {
+    __m512 acc[8];
+    for (int c = 0; c < nc; ++c) acc[c] = _mm512_setzero_ps();
+    __mmask16 any_int8 = 0;
+    for (int ib = 0; ib < nb; ++ib) {
+        const block_mpq2x16 * xb = xg + ib;
+        const __m512i hdr = _mm512_loadu_si512(xb->hdr);
+        const __m512 dx = mpq2_rp_dx(hdr);
+        any_int8 |= _mm512_test_epi32_mask(hdr, _mm512_set1_epi32(15));
         for (int h = 0; h < 2; ++h) {
-            __m512i u[4] = { _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512() };
+            __m512i u[8];
+            for (int c = 0; c < nc; ++c) u[c] = _mm512_setzero_si512();
             for (int w = 2*h; w < 2*h + 2; ++w) {
                 const __m512i q    = _mm512_loadu_si512(xb->qs[w]);
                 const __m512i ix   = _mm512_srli_epi32(hdr, (unsigned) MPQ2_RP_WORD_SHIFT(w));
                 const __m512i pair = _mm512_permutex2var_epi32(pt0, ix, pt1);   // reads index bits 0..4
                 __m512i cs[4];
                 for (int k = 0; k < 4; ++k) cs[k] = mpq2_rp_codes(q, k);
-                __m512i uw[4];
-                for (int c = 0; c < nc; ++c) {
-                    __m512i t = _mm512_set1_epi32(y[c].ahi[4*ib + w]);
-                    for (int k = 0; k < 4; ++k) t = MPQ2_RP_DOT(t, cs[k], mpq2_rp_act4(&y[c], ib, w, k));
-                    uw[c] = _mm512_madd_epi16(_mm512_xor_si512(t, _mm512_set1_epi32(0x8000)), pair);
-                }
-                if (__builtin_expect(salient != 0, 0)) {
-                    const __mmask16 kw = _mm512_test_epi32_mask(hdr, _mm512_set1_epi32(1 << w));
-                    if (kw) {
-                        const __m512i m = _mm512_permutexvar_epi32(ix, mt);   // index bits 0..3: code and one ignored bit
-                        for (int c = 0; c < nc; ++c)
-                            uw[c] = _mm512_mask_blend_epi32(kw, uw[c], mpq2_rp_int8_word(q, m, &y[c], ib, w));
-                    }
-                }
-                for (int c = 0; c < nc; ++c) u[c] = w == 2*h ? uw[c] : _mm512_add_epi32(u[c], uw[c]);
+                for (int c = 0; c < nc; ++c) u[c] = MPQ2_RP_MADD_ACC(u[c], mpq2_rp_pair_sums(cs, &y[c], ib, w), pair);
             }
             for (int c = 0; c < nc; ++c)
                 acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(u[c]), _mm512_mul_ps(dx, _mm512_set1_ps(y[c].dy[2*ib + h])), acc[c]);
         }
+    }
+    if (__builtin_expect(any_int8 != 0, 0)) {
+        mpq2_x16_int8_fix(nb, xg, y, nc, acc, pt0, pt1, mt);
     }
     for (int c = 0; c < nc; ++c) _mm512_storeu_ps(s + c*bs, acc[c]);
 }
@@ -121,13 +161,10 @@ static void mpq2_x16_mul_avx512(int n, float * s, size_t bs, const block_mpq2x16
         const block_mpq2x16 * xg = x + g*nb;
         float * sg = s + g*MPQ2_RP_ROWS;
         int c = 0;
-        for (; c + 4 <= ncols; c += 4) mpq2_x16_group(nb, sg + c*bs, bs, xg, y + c, 4, pt0, pt1, mt);
-        switch (ncols - c) {
-            case 3: mpq2_x16_group(nb, sg + c*bs, bs, xg, y + c, 3, pt0, pt1, mt); break;
-            case 2: mpq2_x16_group(nb, sg + c*bs, bs, xg, y + c, 2, pt0, pt1, mt); break;
-            case 1: mpq2_x16_group(nb, sg + c*bs, bs, xg, y + c, 1, pt0, pt1, mt); break;
-            default: break;
-        }
+        for (; c + 8 <= ncols; c += 8) mpq2_x16_group(nb, sg + c*bs, bs, xg, y + c, 8, pt0, pt1, mt);
+        if (c + 4 <= ncols) { mpq2_x16_group(nb, sg + c*bs, bs, xg, y + c, 4, pt0, pt1, mt); c += 4; }
+        if (c + 2 <= ncols) { mpq2_x16_group(nb, sg + c*bs, bs, xg, y + c, 2, pt0, pt1, mt); c += 2; }
+        if (c < ncols) mpq2_x16_group(nb, sg + c*bs, bs, xg, y + c, 1, pt0, pt1, mt);
     }
 }
 
