@@ -181,6 +181,13 @@ def main() -> None:
             continue
         if name in results and (not args.ctx2048 or "ppl_2048" in results[name]):
             continue
+        done = WORK / ("smollm2-f16.gguf" if how == "ref" else f"smollm2-{name}.gguf")
+        if name in results and done.exists():
+            # measured at -c 512 already (the file is the one measured): add the -c 2048 column only
+            results[name]["ppl_2048"] = perplexity(done, test, 2048)["ppl"]
+            args.out.write_text(json.dumps(results, indent=1))
+            print(f"{name}: ppl_2048 {results[name]['ppl_2048']}", file=sys.stderr, flush=True)
+            continue
         rec = {"how": how}
         if how == "ref":
             path = f16
