@@ -1,6 +1,6 @@
 // MPQ2 x Q8_0 over 16 interleaved rows (see ggml-cpu-mpq2-repack.h): the repacking, the
-// activation sums, the scalar reference and the AVX-512 kernel. The scalar version stays the
-// reference for tests; the CPU backend repacks only where a SIMD kernel exists.
+// activation sums, the scalar reference and the x86 kernels (AVX-512, AVX2). The scalar version
+// stays the reference for tests; the CPU backend repacks only where a SIMD kernel exists.
 #define GGML_COMMON_DECL_C
 #include "ggml-common.h"
 
