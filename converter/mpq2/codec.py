@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import rotation
 from .format import (BLOCK_BYTES, DEFAULT_SALIENT_FRACTION, GRID_STEP, GROUP, MAX_MULT, N_D_CODES,
-                     QK, QTYPE, SCALE_MULT, WORDS, ZERO2, d_from_code, scale_shift, zero_shift)
+                     QK, QTYPE, QTYPE_R, SCALE_MULT, WORDS, ZERO2, d_from_code, scale_shift, zero_shift)
 
 F = np.float32
 N_FIT_STEPS = 16
@@ -250,6 +251,23 @@ def dequantize(data: np.ndarray) -> np.ndarray:
     return y.reshape(*lead, -1).astype(F)
 
 
+def quantize_r(x: np.ndarray, imatrix: np.ndarray | None = None,
+               salient_fraction: float = DEFAULT_SALIENT_FRACTION) -> np.ndarray:
+    """Bit-exact mirror of quantize_mpq2r_ex: MPQ2 of the rotated rows, the importance of each
+    weight replaced by its 64-block's mean (the diagonal of R diag(imatrix) R^T)."""
+    imat = None
+    if imatrix is not None:
+        blocks = np.asarray(imatrix, F).reshape(-1, QK)
+        mean = (_wsum(blocks[:, i] for i in range(QK)) / F(QK)).astype(F)
+        imat = np.repeat(mean, QK)
+    return quantize(rotation.rotate(x), imat, salient_fraction)
+
+
+def dequantize_r(data: np.ndarray) -> np.ndarray:
+    """MPQ2R bytes -> float32, as dequantize_row_mpq2r: MPQ2's decoding, then R^T."""
+    return rotation.unrotate(dequantize(data))
+
+
 def find_invalid_block(data: np.ndarray) -> tuple[int, str] | None:
     """The first block that mpq2_validate_row_data rejects, with the reason, or None.
     Mirrors the C check: an int8 code -128 in a salient word (every header is valid)."""
@@ -280,7 +298,7 @@ def split_fields(data: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _register_with_gguf() -> None:
-    """Registers MPQ2 with gguf.quants so gguf.quants.quantize/dequantize handle it."""
+    """Registers MPQ2 and MPQ2R with gguf.quants so gguf.quants.quantize/dequantize handle it."""
     from gguf import quants as gq   # may still be initialising when it imports us
     if QTYPE in gq._type_traits:
         return
@@ -298,6 +316,19 @@ def _register_with_gguf() -> None:
         @classmethod
         def dequantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
             return dequantize(blocks)
+
+    class MPQ2R(base, qtype=QTYPE_R):
+        @classmethod
+        def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+            return quantize_r(blocks)
+
+        @classmethod
+        def quantize_rows(cls, rows: np.ndarray) -> np.ndarray:
+            return quantize_r(rows)
+
+        @classmethod
+        def dequantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+            return dequantize_r(blocks)
 
 
 _register_with_gguf()

@@ -8,7 +8,7 @@ import resource
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,15 +59,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--percdamp", type=float, default=0.01, help="Hessian dampening, share of mean(diag H) (default 0.01)")
     g.add_argument("--act-order", action="store_true", help="quantize columns by decreasing H_jj (same file format)")
     g = p.add_argument_group("tensor types")
-    g.add_argument("--output-type", default="mpq2",
-                   help="output projection type: mpq2 (GPTQ on the final hidden states, default), q8_0, q5_0, q4_0, "
-                        "f16, bf16, f32; with tied embeddings it is also the token embedding's type")
-    g.add_argument("--embd-type", default="mpq2",
-                   help="token embedding type when it is not tied to the output (default mpq2, round to nearest)")
+    g.add_argument("--type", choices=["mpq2", "mpq2r"], default="mpq2",
+                   help="type of the quantized weights: mpq2 (default: the paper's layout) or mpq2r (the same "
+                        "blocks, of weights turned by a fixed 64-point rotation that the kernels apply to the "
+                        "activations too; same size, see docs/FORMAT.md)")
+    g.add_argument("--output-type", default="auto",
+                   help="output projection type: auto (default: --type, GPTQ on the final hidden states), mpq2r, mpq2, "
+                        "q8_0, q5_0, q4_0, f16, bf16, f32; with tied embeddings it is also the token embedding's type")
+    g.add_argument("--embd-type", default="auto",
+                   help="token embedding type when it is not tied to the output (default: --type, round to nearest)")
     g.add_argument("--attn-v-type", default="auto",
                    help="type of the attention value projections: auto (default) is q5_0 when the model uses "
                         "grouped-query attention (attn_v is then a small share of the weights and carries the "
-                        "most loss per byte: docs/BENCHMARKS.md) and mpq2 otherwise; or any type of --output-type")
+                        "most loss per byte: docs/BENCHMARKS.md) and --type otherwise; or any type of --output-type")
     g.add_argument("--tensor-type", action="append", default=[], metavar="REGEX=TYPE",
                    help="override the type of GGUF tensors whose name matches REGEX, e.g. 'attn_v=q8_0' (repeatable)")
     g.add_argument("--fallback-type", default="q8_0",
@@ -88,6 +92,9 @@ class Row:
 
 def _check_types(args) -> list[tuple[re.Pattern, str]]:
     from .gguf_out import TYPE_NAMES
+    for opt in ("embd_type", "output_type", "attn_v_type"):
+        if getattr(args, opt) == "auto":
+            setattr(args, opt, args.type if opt != "attn_v_type" else "auto")
     for opt in ("embd_type", "output_type", "fallback_type", "attn_v_type"):
         if getattr(args, opt) not in TYPE_NAMES and not (opt == "attn_v_type" and args.attn_v_type == "auto"):
             raise ConvertError(f"--{opt.replace('_', '-')} {getattr(args, opt)!r}: choose one of {', '.join(TYPE_NAMES)}")
@@ -167,7 +174,8 @@ def convert(args: argparse.Namespace) -> list[Row]:
     from tqdm import tqdm
 
     from . import calibration, capture, gguf_out
-    from .format import BITS_PER_WEIGHT, FTYPE
+    from .format import BITS_PER_WEIGHT, FTYPE, FTYPE_R
+    from .gguf_out import OUR_TYPES
     from .gptq import MPQ2GPTQ, QuantConfig
 
     overrides = _check_types(args)
@@ -192,7 +200,7 @@ def convert(args: argparse.Namespace) -> list[Row]:
         names = gguf.get_tensor_name_map(arch_enum, n_blocks)
         n_head = model.config.num_attention_heads
         n_kv = getattr(model.config, "num_key_value_heads", None) or n_head
-        attn_v_type = args.attn_v_type if args.attn_v_type != "auto" else ("q5_0" if n_kv < n_head else "mpq2")
+        attn_v_type = args.attn_v_type if args.attn_v_type != "auto" else ("q5_0" if n_kv < n_head else args.type)
 
         def gguf_name(hf_name: str) -> str:
             name = names.get_name(hf_name, try_suffixes=(".weight",))
@@ -226,9 +234,9 @@ def convert(args: argparse.Namespace) -> list[Row]:
             for lname, mod in linears.items():
                 hf = f"model.layers.{i}.{lname}.weight"
                 name = gguf_name(hf)
-                default = attn_v_type if name.endswith("attn_v.weight") else "mpq2"
+                default = attn_v_type if name.endswith("attn_v.weight") else args.type
                 plan[lname] = (name, type_for(name, mod.weight.shape[1], default))
-            gptqs = {ln: MPQ2GPTQ(linears[ln].weight) for ln, (_, t) in plan.items() if t == "mpq2"}
+            gptqs = {ln: MPQ2GPTQ(linears[ln].weight) for ln, (_, t) in plan.items() if t in OUR_TYPES}
             capture.collect(block, inputs, {ln: g.add_batch for ln, g in gptqs.items()})
             for lname, (name, typ) in plan.items():
                 mod = linears[lname]
@@ -236,12 +244,12 @@ def convert(args: argparse.Namespace) -> list[Row]:
                 order = _row_order(gguf_out.tensor_values(template[name]), w.numpy(),
                                    n_kv if name.endswith("attn_k.weight") else n_head) \
                     if name.endswith(("attn_q.weight", "attn_k.weight")) else None
-                if typ == "mpq2":
-                    res = gptqs[lname].fasterquant(w, cfg)
+                if typ in OUR_TYPES:
+                    res = gptqs[lname].fasterquant(w, replace(cfg, rotate=typ == "mpq2r"))
                     mod.weight.data = res.weight.to(mod.weight.dtype)
                     data = res.packed if order is None else res.packed[order]
-                    replacements[name] = gguf_out.Replacement(data, gguf.GGMLQuantizationType.MPQ2)
-                    rows.append(Row(name, "mpq2", f"{res.n_salient}/{res.n_words}", BITS_PER_WEIGHT, f"{res.rel_output_error:.4f}"))
+                    replacements[name] = gguf_out.Replacement(data, OUR_TYPES[typ][0])
+                    rows.append(Row(name, typ, f"{res.n_salient}/{res.n_words}", BITS_PER_WEIGHT, f"{res.rel_output_error:.4f}"))
                     del gptqs[lname]
                 else:
                     values = w.numpy() if order is None else w.numpy()[order]
@@ -259,14 +267,14 @@ def convert(args: argparse.Namespace) -> list[Row]:
         out_name = "token_embd.weight" if tied else "output.weight"
         out_w = params[out_hf].detach().float()
         out_type = type_for(out_name, out_w.shape[1], args.output_type)
-        if out_type == "mpq2":
+        if out_type in OUR_TYPES:
             g = MPQ2GPTQ(out_w)
             with torch.no_grad():
                 for hs, _, _ in inputs:
                     g.add_batch(model.model.norm(hs))
-            res = g.fasterquant(out_w, cfg)
-            replacements[out_name] = gguf_out.Replacement(res.packed, gguf.GGMLQuantizationType.MPQ2)
-            rows.append(Row(out_name, "mpq2", f"{res.n_salient}/{res.n_words}", BITS_PER_WEIGHT, f"{res.rel_output_error:.4f}"))
+            res = g.fasterquant(out_w, replace(cfg, rotate=out_type == "mpq2r"))
+            replacements[out_name] = gguf_out.Replacement(res.packed, OUR_TYPES[out_type][0])
+            rows.append(Row(out_name, out_type, f"{res.n_salient}/{res.n_words}", BITS_PER_WEIGHT, f"{res.rel_output_error:.4f}"))
         else:
             data, qtype = gguf_out.encode(out_w.numpy(), out_type)
             replacements[out_name] = gguf_out.Replacement(data, qtype)
@@ -279,7 +287,7 @@ def convert(args: argparse.Namespace) -> list[Row]:
             rows.append(Row("token_embd.weight", typ, "-", data.nbytes * 8 / values.size, "-"))
 
         say(f"convert_mpq: writing {args.outfile}")
-        gguf_out.write_atomic(args.outfile, reader, replacements, int(FTYPE), args.force)
+        gguf_out.write_atomic(args.outfile, reader, replacements, int(FTYPE_R if args.type == "mpq2r" else FTYPE), args.force)
         del reader
     return rows
 

@@ -13,6 +13,8 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 QTYPE = GGMLQuantizationType.MPQ2
 FTYPE = LlamaFileType.MOSTLY_MPQ2
 TYPE_ID = int(QTYPE)
+QTYPE_R = GGMLQuantizationType.MPQ2R       # MPQ2 blocks of rotated weights (rotation.py)
+FTYPE_R = LlamaFileType.MOSTLY_MPQ2R
 QK, BLOCK_BYTES = GGML_QUANT_SIZES[QTYPE]   # 64 weights, 20 bytes
 GROUP = 16                                   # weights per 32-bit word
 WORDS = QK // GROUP                          # words per block

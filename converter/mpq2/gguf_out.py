@@ -16,9 +16,11 @@ import gguf
 import numpy as np
 
 from . import codec
-from .format import QTYPE
+from .format import QTYPE, QTYPE_R
 
-# Types the converter can write besides MPQ2 (all have numpy quantizers in gguf-py).
+# Our types: name -> (ggml type, numpy quantizer mirroring the C reference).
+OUR_TYPES = {"mpq2": (QTYPE, codec.quantize), "mpq2r": (QTYPE_R, codec.quantize_r)}
+# Types the converter can write besides ours (all have numpy quantizers in gguf-py).
 OTHER_TYPES = {
     "f32": gguf.GGMLQuantizationType.F32,
     "f16": gguf.GGMLQuantizationType.F16,
@@ -27,7 +29,7 @@ OTHER_TYPES = {
     "q5_0": gguf.GGMLQuantizationType.Q5_0,
     "q4_0": gguf.GGMLQuantizationType.Q4_0,
 }
-TYPE_NAMES = ["mpq2", *OTHER_TYPES]
+TYPE_NAMES = [*OUR_TYPES, *OTHER_TYPES]
 
 
 def llama_cpp_source() -> Path:
@@ -56,14 +58,15 @@ def export_template(model_dir: Path, workdir: Path) -> Path:
 def encode(values: np.ndarray, type_name: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
     """Encodes a float tensor (numpy layout, rows last) in one of TYPE_NAMES."""
     values = np.ascontiguousarray(values, dtype=np.float32)
-    if type_name == "mpq2":
-        return codec.quantize(values), QTYPE
+    if type_name in OUR_TYPES:
+        qtype, quantize = OUR_TYPES[type_name]
+        return quantize(values), qtype
     qtype = OTHER_TYPES[type_name]
     return gguf.quants.quantize(values, qtype), qtype
 
 
 def fits(type_name: str, cols: int) -> bool:
-    qtype = QTYPE if type_name == "mpq2" else OTHER_TYPES[type_name]
+    qtype = OUR_TYPES[type_name][0] if type_name in OUR_TYPES else OTHER_TYPES[type_name]
     return cols % gguf.GGML_QUANT_SIZES[qtype][0] == 0
 
 

@@ -9,12 +9,12 @@ Cholesky factor of H^-1, as METHOD.md section 4.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from . import codec
+from . import codec, rotation
 from .format import GRID_STEP, GROUP, QK, SCALE_MULT, WORDS, ZERO2, d_from_code
 
 F = np.float32
@@ -29,6 +29,7 @@ class QuantConfig:
     percdamp: float = 0.01             # lambda = percdamp * mean(diag(H))
     act_order: bool = False            # process columns by decreasing H_jj (same output format)
     gate: bool = True                  # a salient word keeps int8 means only where they fit better
+    rotate: bool = False               # MPQ2R: encode R w per 64-block (rotation.py), GPTQ on R H R^T
 
 
 @dataclass
@@ -137,6 +138,8 @@ class MPQ2GPTQ:
         self.H += (x.T @ x).to(torch.float64)   # float32 products, float64 running sum
 
     def fasterquant(self, weight: torch.Tensor, cfg: QuantConfig) -> QuantResult:
+        if cfg.rotate:
+            return self._fasterquant_rotated(weight, cfg)
         if cfg.block_size % QK:
             raise ValueError(f"--block-size must be a multiple of {QK}")
         W = weight.detach().to(torch.float32).clone()
@@ -192,6 +195,20 @@ class MPQ2GPTQ:
         den = torch.einsum("ij,jk,ik->", weight.to(torch.float64), H0, weight.to(torch.float64))
         rel = float(torch.sqrt(num / den)) if den > 0 else 0.0
         return QuantResult(packed, Q, int(bitmap.sum()), bitmap.size, rel)
+
+    def _fasterquant_rotated(self, weight: torch.Tensor, cfg: QuantConfig) -> QuantResult:
+        """MPQ2R: GPTQ of the rotated weights R w against the Hessian of the rotated inputs R x
+        (the same problem, since w.x = Rw.Rx), so salience, bitmap and compensation all live in
+        the rotated basis; the weight returned is what dequantize_row_mpq2r decodes."""
+        H0 = self.H
+        self.H = rotation.rotate_hessian(H0)
+        try:
+            wr = torch.from_numpy(rotation.rotate(weight.detach().to(torch.float32).numpy()))
+            res = self.fasterquant(wr, replace(cfg, rotate=False))
+        finally:
+            self.H = H0
+        res.weight = torch.from_numpy(rotation.unrotate(res.weight.numpy()))
+        return res
 
     def _block_params(self, x: torch.Tensor, importance: np.ndarray, bitmap: np.ndarray, b: int) -> BlockParams:
         return BlockParams(x.numpy(), importance[b * QK:(b + 1) * QK], bitmap[:, b * WORDS:(b + 1) * WORDS])

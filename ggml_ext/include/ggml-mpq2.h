@@ -91,3 +91,5 @@ void ggml_vec_dot_mpq2_q8_0_generic(int n, float * GGML_RESTRICT s, size_t bs, c
 #ifdef __cplusplus
 }
 #endif
+
+#include "ggml-mpq2r.h"   // MPQ2 in a rotated basis: the same blocks and kernels

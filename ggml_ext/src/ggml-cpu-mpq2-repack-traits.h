@@ -58,8 +58,9 @@ class mpq2x16_traits : public tensor_traits_base {
         char *        wdata    = (char *) GGML_PAD((uintptr_t) params->wdata, 64);
         GGML_ASSERT(wdata + act_size * ncols <= (char *) params->wdata + params->wsize);
 
-        // activations: Q8_0 (ggml's own quantizer, as for vec_dot) plus the kernel's sums
-        const ggml_from_float_t to_q8_0 = ggml_get_type_traits_cpu(GGML_TYPE_Q8_0)->from_float;
+        // activations: Q8_0 (ggml's own quantizer, as for vec_dot; for MPQ2R of the rotated
+        // activations, Q8_0R) plus the kernel's sums
+        const ggml_from_float_t to_q8_0 = ggml_get_type_traits_cpu(src0->type == GGML_TYPE_MPQ2R ? GGML_TYPE_Q8_0R : GGML_TYPE_Q8_0)->from_float;
         for (int64_t j = ith; j < ncols; j += nth) {
             const int64_t i11 = j % ne11, i12 = (j / ne11) % ne12, i13 = j / (ne11 * ne12);
             char * buf = wdata + j * act_size;
@@ -101,7 +102,7 @@ class mpq2x16_traits : public tensor_traits_base {
 
 }  // namespace ggml::cpu::repack
 
-// The traits for an MPQ2 weight, or nullptr (plain CPU buffer, row-wise vec_dot) where the
+// The traits for an MPQ2 or MPQ2R weight (the same blocks), or nullptr (plain CPU buffer, row-wise vec_dot) where the
 // repacked kernel would not pay or not apply: no SIMD kernel in this build, not a 2-D matrix,
 // or a row count that is not a multiple of 16.
 static const ggml::cpu::tensor_traits * ggml_mpq2_repack_traits(const struct ggml_tensor * cur) {

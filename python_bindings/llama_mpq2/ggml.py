@@ -1,4 +1,6 @@
-"""MPQ2 on numpy arrays through the C code of the patched ggml (no Python loop over blocks)."""
+"""MPQ2 and MPQ2R on numpy arrays through the C code of the patched ggml (no Python loop over
+blocks). Every function takes qtype="mpq2" (the default) or "mpq2r" (MPQ2 blocks of weights
+turned by MPQ2R's fixed 64-point rotation: the same bytes per block, see docs/FORMAT.md)."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,6 +13,8 @@ MPQ2_BLOCK_BYTES = 20
 GGML_TYPE_F32 = 0
 GGML_TYPE_Q8_0 = 8
 GGML_TYPE_MPQ2 = 96
+GGML_TYPE_MPQ2R = 97
+QTYPES = {"mpq2": GGML_TYPE_MPQ2, "mpq2r": GGML_TYPE_MPQ2R}
 
 ffi = FFI()
 ffi.cdef("""
@@ -35,6 +39,12 @@ ffi.cdef("""
                             const float * imatrix, float salient_fraction);
     void dequantize_row_mpq2(const void * x, float * y, int64_t k);
     void quantize_row_mpq2_ref(const float * x, void * y, int64_t k);
+    size_t quantize_mpq2r_ex(const float * src, void * dst, int64_t nrows, int64_t n_per_row,
+                             const float * imatrix, float salient_fraction);
+    void dequantize_row_mpq2r(const void * x, float * y, int64_t k);
+    void quantize_row_mpq2r_ref(const float * x, void * y, int64_t k);
+    void mpq2r_rotate(const float * x, float * y, int64_t n);
+    void mpq2r_unrotate(const float * y, float * x, int64_t n);
 """)
 
 _base = dlopen(ffi, "libggml-base.so")
@@ -60,10 +70,17 @@ def hessian_diag(activations: np.ndarray) -> np.ndarray:
     return (np.einsum("ij,ij->j", a, a) / max(1, a.shape[0])).astype(np.float32)
 
 
+def _qtype(qtype: str) -> int:
+    if qtype not in QTYPES:
+        raise ValueError(f"qtype must be one of {', '.join(QTYPES)}, got {qtype!r}")
+    return QTYPES[qtype]
+
+
 def quantize(x: np.ndarray, imatrix: np.ndarray | None = None, salient_fraction: float = 0.125,
-             *, hessian_diag: np.ndarray | None = None) -> np.ndarray:
-    """Rows of x (..., n) to MPQ2 bytes (..., n/64*20). imatrix: per-column importance
+             *, hessian_diag: np.ndarray | None = None, qtype: str = "mpq2") -> np.ndarray:
+    """Rows of x (..., n) to MPQ2/MPQ2R bytes (..., n/64*20). imatrix: per-column importance
     (llama.cpp's imatrix, or the Hessian diagonal, also accepted as hessian_diag=), length n."""
+    quantize_ex = _base.quantize_mpq2r_ex if _qtype(qtype) == GGML_TYPE_MPQ2R else _base.quantize_mpq2_ex
     if hessian_diag is not None:
         if imatrix is not None:
             raise ValueError("pass imatrix or hessian_diag, not both")
@@ -78,15 +95,32 @@ def quantize(x: np.ndarray, imatrix: np.ndarray | None = None, salient_fraction:
         if imatrix.shape != (n,):
             raise ValueError(f"imatrix must have shape ({n},), got {imatrix.shape}")
         imat = _ptr(imatrix, "float *")
-    _base.quantize_mpq2_ex(_ptr(x, "float *"), _ptr(out, "void *"), nrows, n, imat, float(salient_fraction))
+    quantize_ex(_ptr(x, "float *"), _ptr(out, "void *"), nrows, n, imat, float(salient_fraction))
     return out
 
 
-def quantize_ref(x: np.ndarray) -> np.ndarray:
-    """quantize_row_mpq2_ref over all of x as one row (ggml's from_float_ref)."""
+def quantize_ref(x: np.ndarray, qtype: str = "mpq2") -> np.ndarray:
+    """quantize_row_mpq2_ref (or _mpq2r_ref) over all of x as one row (ggml's from_float_ref)."""
     x = _rows(x)
     out = np.empty(x.size // QK_MPQ2 * MPQ2_BLOCK_BYTES, np.uint8)
-    _base.quantize_row_mpq2_ref(_ptr(x, "float *"), _ptr(out, "void *"), x.size)
+    ref = _base.quantize_row_mpq2r_ref if _qtype(qtype) == GGML_TYPE_MPQ2R else _base.quantize_row_mpq2_ref
+    ref(_ptr(x, "float *"), _ptr(out, "void *"), x.size)
+    return out
+
+
+def rotate(x: np.ndarray) -> np.ndarray:
+    """MPQ2R's rotation R x of every 64-block of the rows of x (mpq2r_rotate)."""
+    x = _rows(x)
+    out = np.empty_like(x)
+    _base.mpq2r_rotate(_ptr(x, "float *"), _ptr(out, "float *"), x.size)
+    return out
+
+
+def unrotate(y: np.ndarray) -> np.ndarray:
+    """The inverse, R^T y per 64-block (mpq2r_unrotate)."""
+    y = _rows(y)
+    out = np.empty_like(y)
+    _base.mpq2r_unrotate(_ptr(y, "float *"), _ptr(out, "float *"), y.size)
     return out
 
 
@@ -97,38 +131,41 @@ def _blocks(q: np.ndarray) -> np.ndarray:
     return q
 
 
-def dequantize(q: np.ndarray) -> np.ndarray:
-    """MPQ2 bytes (..., k*20) to float32 (..., k*64)."""
+def dequantize(q: np.ndarray, qtype: str = "mpq2") -> np.ndarray:
+    """MPQ2/MPQ2R bytes (..., k*20) to float32 (..., k*64)."""
     q = _blocks(q)
     out = np.empty(q.shape[:-1] + (q.shape[-1] // MPQ2_BLOCK_BYTES * QK_MPQ2,), np.float32)
-    _base.dequantize_row_mpq2(_ptr(q, "void *"), _ptr(out, "float *"), out.size)
+    deq = _base.dequantize_row_mpq2r if _qtype(qtype) == GGML_TYPE_MPQ2R else _base.dequantize_row_mpq2
+    deq(_ptr(q, "void *"), _ptr(out, "float *"), out.size)
     return out
 
 
-def validate(q: np.ndarray) -> bool:
-    """ggml_validate_row_data for MPQ2 bytes (prints the first bad block to stderr)."""
+def validate(q: np.ndarray, qtype: str = "mpq2") -> bool:
+    """ggml_validate_row_data for MPQ2/MPQ2R bytes (prints the first bad block to stderr)."""
     q = _blocks(q)
-    return bool(_base.ggml_validate_row_data(GGML_TYPE_MPQ2, _ptr(q, "void *"), q.size))
+    return bool(_base.ggml_validate_row_data(_qtype(qtype), _ptr(q, "void *"), q.size))
 
 
-def quantize_q8_0(a: np.ndarray) -> np.ndarray:
-    """Activations to Q8_0 with the CPU backend's quantizer (what mul_mat does to src1)."""
+def quantize_q8_0(a: np.ndarray, qtype: str = "mpq2") -> np.ndarray:
+    """Activations to the type's vec_dot_type with the CPU backend's quantizer (what mul_mat
+    does to src1): Q8_0 for MPQ2, Q8_0R (Q8_0 of the rotated activations) for MPQ2R."""
     a = np.ascontiguousarray(a, dtype=np.float32)
     out = np.empty(a.shape[:-1] + (a.shape[-1] // 32 * 34,), np.uint8)
+    from_float = _cpu.ggml_get_type_traits_cpu(_cpu.ggml_get_type_traits_cpu(_qtype(qtype)).vec_dot_type).from_float
     for r, row in enumerate(a.reshape(-1, a.shape[-1])):
         dst = out.reshape(-1, out.shape[-1])[r]
-        _cpu.ggml_get_type_traits_cpu(GGML_TYPE_Q8_0).from_float(_ptr(row, "float *"), _ptr(dst, "void *"), row.size)
+        from_float(_ptr(row, "float *"), _ptr(dst, "void *"), row.size)
     return out
 
 
-def dot(q: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """Row-wise dot products of MPQ2 rows q (r, k*20) with float activations a (n,), the
-    way ggml's mul_mat computes them: a quantized to Q8_0, then the CPU vec_dot kernel."""
+def dot(q: np.ndarray, a: np.ndarray, qtype: str = "mpq2") -> np.ndarray:
+    """Row-wise dot products of MPQ2/MPQ2R rows q (r, k*20) with float activations a (n,), the
+    way ggml's mul_mat computes them: a quantized to Q8_0 (Q8_0R), then the CPU vec_dot kernel."""
     q = np.atleast_2d(_blocks(q))
     n = q.shape[-1] // MPQ2_BLOCK_BYTES * QK_MPQ2
     a = np.ascontiguousarray(a, dtype=np.float32).reshape(n)
-    a8 = quantize_q8_0(a)
-    traits = _cpu.ggml_get_type_traits_cpu(GGML_TYPE_MPQ2)
+    a8 = quantize_q8_0(a, qtype)
+    traits = _cpu.ggml_get_type_traits_cpu(_qtype(qtype))
     out = np.empty(q.shape[0], np.float32)
     for r in range(q.shape[0]):
         traits.vec_dot(n, ffi.cast("float *", ffi.from_buffer(out[r:r + 1])), 0,

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Does a fixed 64-point rotation before MPQ2 encoding help? A simulation on SmolLM2-135M and PTB.
+
+Incoherence processing (QuIP, QuaRot): a weight row w and an activation x can both be turned by
+one orthogonal R, since w.x = (Rw).(Rx). With R block-diagonal, one signed Walsh-Hadamard
+transform per 64 weights (the MPQ2 block), the weights of every block are spread evenly over
+its 64 coordinates: outliers vanish and every word looks Gaussian, which a 2-bit grid fits far
+better. The activation side is one 64-point transform per block of the input vector, done once
+per column before it is quantized to int8.
+
+This script quantizes SmolLM2 in PyTorch with the real MPQ2 encoder (mpq2.gptq.MPQ2GPTQ,
+sequential GPTQ over PTB-train sequences) in the original or the rotated basis, optionally the
+tied embedding/output too, and measures perplexity on the first chunks of PTB test (second
+half of each 512-token chunk scored, as llama-perplexity does):
+
+    python3 bench/rotation_sim.py --rotate none --embd float     # blocks only, as grid_ablation
+    python3 bench/rotation_sim.py --rotate h64 --embd mpq2       # everything, rotated
+
+Prints one line: the configuration, PPL, seconds, mean relative output error per layer kind.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "converter"))
+sys.path.insert(0, str(HERE))
+from grid_ablation import WORK, perplexity  # noqa: E402
+from mpq2 import calibration, capture  # noqa: E402
+from mpq2.gptq import MPQ2GPTQ, QuantConfig  # noqa: E402
+
+QK = 64
+SIGN_MASK = 0x9E3779B97F4A7C15   # the signs of the rotation: bit i set = coordinate i negated
+
+
+def rotation64() -> torch.Tensor:
+    """R = H_64 D / 8: the Sylvester Hadamard matrix times fixed signs, orthogonal."""
+    h = torch.ones(1, 1)
+    while h.shape[0] < QK:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    signs = torch.tensor([-1.0 if (SIGN_MASK >> i) & 1 else 1.0 for i in range(QK)])
+    return h * signs[None, :] / 8.0
+
+
+def rotate_w(W: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    rows, cols = W.shape
+    return (W.reshape(rows, cols // QK, QK) @ R.T).reshape(rows, cols)
+
+
+def unrotate_w(W: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    rows, cols = W.shape
+    return (W.reshape(rows, cols // QK, QK) @ R).reshape(rows, cols)
+
+
+def rotate_h(H: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    n = H.shape[0] // QK
+    Rd = R.to(H.dtype)
+    return torch.einsum("ai,minj,bj->manb", Rd, H.reshape(n, QK, n, QK), Rd).reshape(H.shape)
+
+
+def load(path: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    kw = {"gguf_file": path.name}
+    model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kw).eval()
+    return model, AutoTokenizer.from_pretrained(path.parent, **kw)
+
+
+def quantize(W, g: MPQ2GPTQ, R, cfg) -> tuple[torch.Tensor, float]:
+    H0 = g.H
+    if R is not None:
+        g.H = rotate_h(H0, R)
+        res = g.fasterquant(rotate_w(W, R), cfg)
+        Q = unrotate_w(res.weight, R)
+    else:
+        res = g.fasterquant(W, cfg)
+        Q = res.weight
+    d = (W - Q).double()
+    rel = float(torch.sqrt(torch.einsum("ij,jk,ik->", d, H0, d) / torch.einsum("ij,jk,ik->", W.double(), H0, W.double())))
+    return Q, rel
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rotate", choices=["none", "h64"], default="h64")
+    ap.add_argument("--embd", choices=["float", "mpq2"], default="mpq2", help="tied embedding/output")
+    ap.add_argument("--float", default="", help="comma-separated linear names kept float (e.g. v_proj)")
+    ap.add_argument("--nsamples", type=int, default=32)
+    ap.add_argument("--chunks", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", type=Path, default=WORK / "smollm2-f16.gguf", help="the float model (a GGUF)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model, tok = load(args.model)
+    R = rotation64() if args.rotate == "h64" else None
+    cfg = QuantConfig()
+    keep = {s for s in args.float.split(",") if s}
+    seqs = calibration.calibration_batch(tok, [WORK / "ptb.train.txt"], args.nsamples, 512, 0)
+    inputs = capture.first_block_inputs(model, seqs)
+    t0, errs = time.time(), {}
+    for _, block in capture.blocks(model):
+        lin = {n: m for n, m in capture.linear_modules(block).items() if n.split(".")[-1] not in keep}
+        g = {n: MPQ2GPTQ(m.weight) for n, m in lin.items()}
+        capture.collect(block, inputs, {n: x.add_batch for n, x in g.items()})
+        for n, m in lin.items():
+            m.weight.data, rel = quantize(m.weight.detach().float(), g[n], R, cfg)
+            errs.setdefault(n.split(".")[-1], []).append(rel)
+        inputs = capture.run_block(block, inputs)
+    if args.embd == "mpq2":
+        emb = model.model.embed_tokens.weight
+        g = MPQ2GPTQ(emb)
+        with torch.no_grad():
+            for hs, _, _ in inputs:
+                g.add_batch(model.model.norm(hs))
+        emb.data, rel = quantize(emb.detach().float(), g, R, cfg)
+        errs["embd"] = [rel]
+    ppl = perplexity(model, tok, chunks=args.chunks)
+    print(f"rotate={args.rotate} embd={args.embd} float={args.float or '-'}: PPL {ppl:.2f} "
+          f"({time.time() - t0:.0f} s); relative output error "
+          + ", ".join(f"{k} {np.mean(v):.3f}" for k, v in errs.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
