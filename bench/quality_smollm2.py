@@ -147,6 +147,10 @@ VARIANTS = [
     # attn_v carries the most loss per byte among the block matrices (bench/splice_gguf.py)
     ("mpq2-attnv-q5_0", "convert", ["--tensor-type", "attn_v=q5_0"]),
     ("mpq2-quantize-imat", "quantize", ("MPQ2", True, True)),
+    # MPQ2R: the same blocks of weights turned by a fixed 64-point rotation (docs/FORMAT.md)
+    ("mpq2r", "convert", ["--type", "mpq2r"]),
+    ("mpq2r-rtn", "convert", ["--type", "mpq2r", "--method", "rtn"]),
+    ("mpq2r-quantize-imat", "quantize", ("MPQ2R", True, True)),
     ("q2_k", "quantize", ("Q2_K", True, True)),
     ("iq2_xxs", "quantize", ("IQ2_XXS", True, True)),
     ("iq2_xs", "quantize", ("IQ2_XS", True, True)),
@@ -158,9 +162,10 @@ VARIANTS = [
     # low-bit, every other matrix Q8_0. Same tensors, same bits spent elsewhere.
     ("fair-q8_0", "quantize", ("Q8_0", True, False)),
     ("fair-mpq2-convert", "convert", ["--output-type", "q8_0", "--tensor-type", "attn_|ffn_gate|ffn_up=q8_0"]),
+    ("fair-mpq2r-convert", "convert", ["--type", "mpq2r", "--output-type", "q8_0", "--tensor-type", "attn_|ffn_gate|ffn_up=q8_0"]),
     *[(f"fair-{t.lower()}", "quantize", ("Q8_0", False, True, ("--tensor-type", f"ffn_down={t}", "--token-embedding-type", "q8_0",
                                                             "--output-tensor-type", "q8_0")))
-      for t in ("IQ2_XS", "Q2_K", "IQ2_XXS", "MPQ2", "IQ2_S", "Q2_0")],
+      for t in ("IQ2_XS", "Q2_K", "IQ2_XXS", "MPQ2", "IQ2_S", "Q2_0", "MPQ2R")],
 ]
 
 

@@ -85,17 +85,69 @@ def quantize(W, g: MPQ2GPTQ, R, cfg) -> tuple[torch.Tensor, float]:
     return Q, rel
 
 
+def tune_norms(block, inputs, targets, steps: int, lr: float = 1e-3) -> float:
+    """Adam on the block's RMSNorm gains, loss = MSE to the float block's outputs; returns the
+    final loss over the initial one."""
+    norms = [m.weight for n, m in block.named_modules() if n.endswith("norm") and hasattr(m, "weight")]
+    for p in block.parameters():
+        p.requires_grad_(False)
+    for p in norms:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(norms, lr=lr)
+
+    def loss_of(k):
+        hs, a, kw = inputs[k]
+        out = capture._hidden(block(hs, *a, **kw))
+        return torch.nn.functional.mse_loss(out, targets[k][0])
+
+    with torch.no_grad():
+        first = sum(float(loss_of(k)) for k in range(len(inputs)))
+    for step in range(steps):
+        opt.zero_grad()
+        loss_of(step % len(inputs)).backward()
+        opt.step()
+    for p in norms:
+        p.requires_grad_(False)
+    with torch.no_grad():
+        last = sum(float(loss_of(k)) for k in range(len(inputs)))
+    return last / first
+
+
+def weight_errors(path: Path, names: list[str], rows: int = 512) -> None:
+    """Round-to-nearest relative weight error of the first rows of some tensors, MPQ2 against
+    MPQ2R (the C reference through llama_mpq2.ggml), without GPTQ or calibration."""
+    import gguf
+    from llama_mpq2 import ggml
+    tensors = {t.name: gguf.quants.dequantize(t.data, t.tensor_type).reshape(-1, int(t.shape[0]))[:rows]
+               for t in gguf.GGUFReader(path).tensors if t.name in names}
+    tensors["i.i.d. Gaussian"] = np.random.default_rng(0).standard_normal((rows, 576))
+    for name, w in tensors.items():
+        w = w.astype(np.float32)
+        err = {q: float(np.linalg.norm(ggml.dequantize(ggml.quantize(w, qtype=q), qtype=q) - w) / np.linalg.norm(w))
+               for q in ("mpq2", "mpq2r")}
+        print(f"{name} {tuple(w.shape)}: relative weight error mpq2 {err['mpq2']:.3f}, mpq2r {err['mpq2r']:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rotate", choices=["none", "h64"], default="h64")
     ap.add_argument("--embd", choices=["float", "mpq2"], default="mpq2", help="tied embedding/output")
     ap.add_argument("--float", default="", help="comma-separated linear names kept float (e.g. v_proj)")
+    ap.add_argument("--tune-norms", type=int, default=0, metavar="STEPS",
+                    help="after each block is quantized, tune its RMSNorm gains (float, free in the file) for STEPS "
+                         "Adam steps to match the float block's output (norm tweaking)")
     ap.add_argument("--nsamples", type=int, default=32)
     ap.add_argument("--chunks", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--model", type=Path, default=WORK / "smollm2-f16.gguf", help="the float model (a GGUF)")
+    ap.add_argument("--weight-errors", action="store_true",
+                    help="only print round-to-nearest weight errors of a few tensors, MPQ2 against MPQ2R")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.weight_errors:
+        weight_errors(args.model, ["token_embd.weight", "blk.0.attn_q.weight", "blk.10.attn_v.weight",
+                                   "blk.20.ffn_up.weight", "blk.5.ffn_down.weight"])
+        return
     model, tok = load(args.model)
     R = rotation64() if args.rotate == "h64" else None
     cfg = QuantConfig()
@@ -107,9 +159,12 @@ def main() -> None:
         lin = {n: m for n, m in capture.linear_modules(block).items() if n.split(".")[-1] not in keep}
         g = {n: MPQ2GPTQ(m.weight) for n, m in lin.items()}
         capture.collect(block, inputs, {n: x.add_batch for n, x in g.items()})
+        targets = capture.run_block(block, inputs) if args.tune_norms else None
         for n, m in lin.items():
             m.weight.data, rel = quantize(m.weight.detach().float(), g[n], R, cfg)
             errs.setdefault(n.split(".")[-1], []).append(rel)
+        if args.tune_norms:
+            errs.setdefault("norm_tune", []).append(tune_norms(block, inputs, targets, args.tune_norms))
         inputs = capture.run_block(block, inputs)
     if args.embd == "mpq2":
         emb = model.model.embed_tokens.weight
@@ -120,7 +175,7 @@ def main() -> None:
         emb.data, rel = quantize(emb.detach().float(), g, R, cfg)
         errs["embd"] = [rel]
     ppl = perplexity(model, tok, chunks=args.chunks)
-    print(f"rotate={args.rotate} embd={args.embd} float={args.float or '-'}: PPL {ppl:.2f} "
+    print(f"rotate={args.rotate} embd={args.embd} float={args.float or '-'} tune_norms={args.tune_norms}: PPL {ppl:.2f} "
           f"({time.time() - t0:.0f} s); relative output error "
           + ", ".join(f"{k} {np.mean(v):.3f}" for k, v in errs.items()), flush=True)
 

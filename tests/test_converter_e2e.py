@@ -105,6 +105,53 @@ def test_logits_match_torch_forward_with_dequantized_weights(tiny):
     assert rel.mean() < 0.02 and rel.max() < 0.15, (rel.mean(), rel.max())
 
 
+@pytest.fixture(scope="module")
+def tiny_r(tiny):
+    out = tiny["root"] / "mpq2r.gguf"
+    proc = convert(tiny["hf"], "-o", out, "--type", "mpq2r", *FAST)
+    return {**tiny, "out": out, "summary": proc.stdout}
+
+
+def test_mpq2r_types_and_summary(tiny_r):
+    types = h.tensor_types(tiny_r["out"])
+    blk = {n: t for n, t in types.items() if n.startswith("blk.") and not n.endswith("norm.weight")}
+    assert all(t == ("Q5_0" if n.endswith("attn_v.weight") else "MPQ2R") for n, t in blk.items()), blk
+    assert types["token_embd.weight"] == "MPQ2R" and types["output.weight"] == "MPQ2R"
+    row = next(line for line in tiny_r["summary"].splitlines() if line.startswith("blk.0.ffn_down.weight"))
+    assert row.split()[1] == "mpq2r" and float(row.split()[-1]) < 0.5
+
+
+def test_mpq2r_logits_match_torch_forward_with_dequantized_weights(tiny_r):
+    # llama.cpp turns the activations (Q8_0R) and runs MPQ2's kernels; torch uses the weights
+    # as gguf-py decodes them (MPQ2 decoding, then R^T): the two must agree, repacked or not
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from llama_mpq2.model import Model
+
+    hf = LlamaForCausalLM.from_pretrained(tiny_r["hf"], dtype=torch.float32)
+    sd = h.dequantized_state_dict(tiny_r["out"], hf.config.num_attention_heads, hf.config.num_key_value_heads)
+    hf.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in sd.items()}, strict=False)
+    for repack in (True, False):
+        with Model(tiny_r["out"], n_ctx=128, n_threads=2, repack=repack) as m:
+            tokens = m.tokenize("a small bird watches the moon by the sea . the farmer finds")
+            got = m.eval(tokens, all_logits=True)
+        with torch.no_grad():
+            want = hf(torch.tensor([tokens])).logits[0].numpy()
+        rel = np.abs(got - want) / want.std(axis=-1, keepdims=True)   # tolerance as in test_end_to_end.py
+        assert rel.mean() < 0.02 and rel.max() < 0.15, (repack, rel.mean(), rel.max())
+
+
+def test_mpq2r_better_than_llama_quantize_mpq2r(tiny_r):
+    rtn = tiny_r["root"] / "rtn-r.gguf"
+    h.run([h.tool("llama-quantize"), "--pure", tiny_r["f32"], rtn, "MPQ2R", "2"])
+    assert set(t for n, t in h.tensor_types(rtn).items() if not n.endswith("norm.weight")) == {"MPQ2R"}
+    kl_rtn, kl_ours = _kl_to_float(tiny_r, rtn), _kl_to_float(tiny_r, tiny_r["out"])
+    assert kl_ours < kl_rtn, (kl_ours, kl_rtn)
+    ppl_f32 = h.perplexity(tiny_r["f32"], tiny_r["text"], 64)
+    assert h.perplexity(tiny_r["out"], tiny_r["text"], 64) < 1.1 * ppl_f32
+
+
 def test_same_inputs_give_a_byte_identical_file(tiny):
     again = tiny["root"] / "again.gguf"
     convert(tiny["hf"], "-o", again, *FAST)

@@ -2,7 +2,7 @@
 //
 // Built by tests/fuzz/build_fuzzer.py (clang, -fsanitize=fuzzer,address,undefined) from the
 // patched llama.cpp sources in build/llama.cpp-src (gguf.cpp, ggml.c, ggml-quants.c,
-// ggml-threading.cpp) and ours (ggml_ext/src/ggml-mpq2.c, ggml-cpu-mpq2.c). See docs/ROBUSTNESS.md.
+// ggml-threading.cpp) and ours (ggml_ext/src/ggml-mpq2.c, ggml-mpq2r.c, ggml-cpu-mpq2.c). See docs/ROBUSTNESS.md.
 //
 // An input that starts with "GGUF" is a file:
 //   0. gguf_init_from_buffer without a ggml context, to screen out an upstream abort (below).
@@ -166,6 +166,16 @@ static void check_row(const uint8_t * row, int64_t nb, bool valid, uint32_t seed
         // every header holds a finite positive scale: any block, even an invalid one, is finite
         FUZZ_CHECK(std::isfinite(y[j]), "block %lld decodes to %a", (long long) (j / QK_MPQ2), y[j]);
     }
+    // MPQ2R: the same bytes, turned back per 64-block (FORMAT.md "MPQ2R"); still finite
+    float * yr = (float *) malloc((n ? n : 1) * sizeof(float));
+    dequantize_row_mpq2r(row, yr, n);
+    mpq2r_rotate(yr, yr, n);
+    for (int64_t j = 0; j < n; ++j) {
+        FUZZ_CHECK(std::isfinite(yr[j]), "mpq2r block %lld decodes to a non-finite value", (long long) (j / QK_MPQ2));
+        FUZZ_CHECK(std::fabs(yr[j] - y[j]) <= 1e-5f * std::fabs(y[j]) + 1e-5f * ref_scale(row[(j / QK_MPQ2) * sizeof(block_mpq2) + 3]) * 5120.0f,   // |m v| <= 40 * 128
+                   "weight %lld: mpq2r turned back %a, mpq2 %a", (long long) j, yr[j], y[j]);
+    }
+    free(yr);
     if (valid && n > 0) {
         block_q8_0 * a = make_q8_0(n, seed);
         double ref = 0.0, mag = 0.0;
@@ -196,6 +206,7 @@ static void fuzz_raw(const uint8_t * data, size_t size) {
     const bool valid = mpq2_validate_row_data(buf, size);
     FUZZ_CHECK(valid == ref_valid(buf, size), "mpq2_validate_row_data %d, FORMAT.md %d (%zu bytes)", valid, !valid, size);
     FUZZ_CHECK(valid == ggml_validate_row_data(GGML_TYPE_MPQ2, buf, size), "ggml_validate_row_data disagrees");
+    FUZZ_CHECK(valid == ggml_validate_row_data(GGML_TYPE_MPQ2R, buf, size), "ggml_validate_row_data disagrees for mpq2r");
     const size_t nb = size / sizeof(block_mpq2);
     if (nb > 0) {
         uint8_t * blocks = (uint8_t *) malloc(nb * sizeof(block_mpq2));
