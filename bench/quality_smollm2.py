@@ -148,8 +148,10 @@ VARIANTS = [
     ("mpq2-attnv-q5_0", "convert", ["--tensor-type", "attn_v=q5_0"]),
     ("mpq2-quantize-imat", "quantize", ("MPQ2", True, True)),
     # MPQ2R: the same blocks of weights turned by a fixed 64-point rotation (docs/FORMAT.md)
-    ("mpq2r", "convert", ["--type", "mpq2r"]),
-    ("mpq2r-rtn", "convert", ["--type", "mpq2r", "--method", "rtn"]),
+    ("mpq2r-notune", "convert", ["--type", "mpq2r", "--tune-norms", "0"]),
+    ("mpq2r-tn64", "convert", ["--type", "mpq2r", "--tune-norms", "64"]),
+    ("mpq2-tn64", "convert", ["--type", "mpq2", "--tune-norms", "64"]),
+    ("mpq2r-rtn", "convert", ["--type", "mpq2r", "--method", "rtn", "--tune-norms", "0"]),
     ("mpq2r-quantize-imat", "quantize", ("MPQ2R", True, True)),
     ("q2_k", "quantize", ("Q2_K", True, True)),
     ("iq2_xxs", "quantize", ("IQ2_XXS", True, True)),

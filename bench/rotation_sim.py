@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "converter"))
 sys.path.insert(0, str(HERE))
 from grid_ablation import WORK, perplexity  # noqa: E402
-from mpq2 import calibration, capture  # noqa: E402
+from mpq2 import calibration, capture, norms  # noqa: E402
 from mpq2.gptq import MPQ2GPTQ, QuantConfig  # noqa: E402
 
 QK = 64
@@ -85,34 +85,6 @@ def quantize(W, g: MPQ2GPTQ, R, cfg) -> tuple[torch.Tensor, float]:
     return Q, rel
 
 
-def tune_norms(block, inputs, targets, steps: int, lr: float = 1e-3) -> float:
-    """Adam on the block's RMSNorm gains, loss = MSE to the float block's outputs; returns the
-    final loss over the initial one."""
-    norms = [m.weight for n, m in block.named_modules() if n.endswith("norm") and hasattr(m, "weight")]
-    for p in block.parameters():
-        p.requires_grad_(False)
-    for p in norms:
-        p.requires_grad_(True)
-    opt = torch.optim.Adam(norms, lr=lr)
-
-    def loss_of(k):
-        hs, a, kw = inputs[k]
-        out = capture._hidden(block(hs, *a, **kw))
-        return torch.nn.functional.mse_loss(out, targets[k][0])
-
-    with torch.no_grad():
-        first = sum(float(loss_of(k)) for k in range(len(inputs)))
-    for step in range(steps):
-        opt.zero_grad()
-        loss_of(step % len(inputs)).backward()
-        opt.step()
-    for p in norms:
-        p.requires_grad_(False)
-    with torch.no_grad():
-        last = sum(float(loss_of(k)) for k in range(len(inputs)))
-    return last / first
-
-
 def weight_errors(path: Path, names: list[str], rows: int = 512) -> None:
     """Round-to-nearest relative weight error of the first rows of some tensors, MPQ2 against
     MPQ2R (the C reference through llama_mpq2.ggml), without GPTQ or calibration."""
@@ -136,6 +108,12 @@ def main() -> None:
     ap.add_argument("--tune-norms", type=int, default=0, metavar="STEPS",
                     help="after each block is quantized, tune its RMSNorm gains (float, free in the file) for STEPS "
                          "Adam steps to match the float block's output (norm tweaking)")
+    ap.add_argument("--norm-target", choices=["block", "float"], default="block",
+                    help="what the tuned norms match: the float block on the same (quantized-model) inputs, or the "
+                         "float model's own hidden states (which also corrects the error of the blocks before)")
+    ap.add_argument("--embd-first", action="store_true",
+                    help="quantize the tied embedding first (GPTQ on the float model's final hidden states), so the "
+                         "blocks are calibrated on its input-role error")
     ap.add_argument("--nsamples", type=int, default=32)
     ap.add_argument("--chunks", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
@@ -153,20 +131,31 @@ def main() -> None:
     cfg = QuantConfig()
     keep = {s for s in args.float.split(",") if s}
     seqs = calibration.calibration_batch(tok, [WORK / "ptb.train.txt"], args.nsamples, 512, 0)
-    inputs = capture.first_block_inputs(model, seqs)
     t0, errs = time.time(), {}
+    finputs = capture.first_block_inputs(model, seqs)       # the float model's trajectory
+    if args.embd_first and args.embd == "mpq2":
+        emb = model.model.embed_tokens.weight
+        g = MPQ2GPTQ(emb)
+        with torch.no_grad():
+            for row in seqs:
+                g.add_batch(model.model(row[None], use_cache=False).last_hidden_state)
+        emb.data, rel = quantize(emb.detach().float(), g, R, cfg)
+        errs["embd"] = [rel]
+    inputs = capture.first_block_inputs(model, seqs)
     for _, block in capture.blocks(model):
         lin = {n: m for n, m in capture.linear_modules(block).items() if n.split(".")[-1] not in keep}
         g = {n: MPQ2GPTQ(m.weight) for n, m in lin.items()}
         capture.collect(block, inputs, {n: x.add_batch for n, x in g.items()})
-        targets = capture.run_block(block, inputs) if args.tune_norms else None
+        ftargets = capture.run_block(block, finputs)
+        targets = ftargets if args.norm_target == "float" else capture.run_block(block, inputs)
         for n, m in lin.items():
             m.weight.data, rel = quantize(m.weight.detach().float(), g[n], R, cfg)
             errs.setdefault(n.split(".")[-1], []).append(rel)
         if args.tune_norms:
-            errs.setdefault("norm_tune", []).append(tune_norms(block, inputs, targets, args.tune_norms))
+            errs.setdefault("norm_tune", []).append(norms.tune(block, inputs, targets, args.tune_norms))
         inputs = capture.run_block(block, inputs)
-    if args.embd == "mpq2":
+        finputs = ftargets
+    if args.embd == "mpq2" and not args.embd_first:
         emb = model.model.embed_tokens.weight
         g = MPQ2GPTQ(emb)
         with torch.no_grad():
@@ -175,7 +164,8 @@ def main() -> None:
         emb.data, rel = quantize(emb.detach().float(), g, R, cfg)
         errs["embd"] = [rel]
     ppl = perplexity(model, tok, chunks=args.chunks)
-    print(f"rotate={args.rotate} embd={args.embd} float={args.float or '-'} tune_norms={args.tune_norms}: PPL {ppl:.2f} "
+    print(f"rotate={args.rotate} embd={args.embd} float={args.float or '-'} tune_norms={args.tune_norms} "
+          f"norm_target={args.norm_target} embd_first={args.embd_first}: PPL {ppl:.2f} "
           f"({time.time() - t0:.0f} s); relative output error "
           + ", ".join(f"{k} {np.mean(v):.3f}" for k, v in errs.items()), flush=True)
 

@@ -48,7 +48,7 @@ def linear_modules(block: nn.Module) -> dict[str, nn.Linear]:
     return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
 
 
-def _hidden(out):
+def hidden(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
@@ -56,7 +56,7 @@ def _hidden(out):
 def run_block(block: nn.Module, inputs: list[tuple]) -> list[tuple]:
     outs = []
     for hs, args, kwargs in inputs:
-        outs.append((_hidden(block(hs, *args, **kwargs)).detach(), args, kwargs))
+        outs.append((hidden(block(hs, *args, **kwargs)).detach(), args, kwargs))
     return outs
 
 

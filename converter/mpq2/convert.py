@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--block-size", type=int, default=128, help="GPTQ lazy-update block, a multiple of 64 (default 128)")
     g.add_argument("--percdamp", type=float, default=0.01, help="Hessian dampening, share of mean(diag H) (default 0.01)")
     g.add_argument("--act-order", action="store_true", help="quantize columns by decreasing H_jj (same file format)")
+    g.add_argument("--tune-norms", type=int, default=64, metavar="STEPS",
+                   help="after each block is quantized, tune its RMSNorm gains (float in the file: no extra bits) "
+                        "for STEPS Adam steps so the block's output comes back to the float block's (default 64; 0: off)")
     g = p.add_argument_group("tensor types")
     g.add_argument("--type", choices=["mpq2", "mpq2r"], default="mpq2",
                    help="type of the quantized weights: mpq2 (default: the paper's layout) or mpq2r (the same "
@@ -112,6 +115,8 @@ def _check_types(args) -> list[tuple[re.Pattern, str]]:
         raise ConvertError(f"--salient-fraction {args.salient_fraction}: must be between 0 and 1")
     if args.nsamples < 1 or args.seqlen < 2:
         raise ConvertError("--nsamples must be >= 1 and --seqlen >= 2")
+    if args.tune_norms < 0:
+        raise ConvertError(f"--tune-norms {args.tune_norms}: must be >= 0")
     return overrides
 
 
@@ -173,7 +178,7 @@ def convert(args: argparse.Namespace) -> list[Row]:
     import torch
     from tqdm import tqdm
 
-    from . import calibration, capture, gguf_out
+    from . import calibration, capture, gguf_out, norms
     from .format import BITS_PER_WEIGHT, FTYPE, FTYPE_R
     from .gguf_out import OUR_TYPES
     from .gptq import MPQ2GPTQ, QuantConfig
@@ -226,6 +231,7 @@ def convert(args: argparse.Namespace) -> list[Row]:
         say(f"convert_mpq: calibration {seqs.shape[0]} x {seqs.shape[1]} tokens")
         replacements: dict[str, gguf_out.Replacement] = {}
         rows: list[Row] = []
+        norm_ratios: list[float] = []
         inputs = capture.first_block_inputs(model, seqs)
         bar = tqdm(list(capture.blocks(model)), desc="blocks", unit="block", disable=args.quiet, file=sys.stderr)
         for i, block in bar:
@@ -238,6 +244,7 @@ def convert(args: argparse.Namespace) -> list[Row]:
                 plan[lname] = (name, type_for(name, mod.weight.shape[1], default))
             gptqs = {ln: MPQ2GPTQ(linears[ln].weight) for ln, (_, t) in plan.items() if t in OUR_TYPES}
             capture.collect(block, inputs, {ln: g.add_batch for ln, g in gptqs.items()})
+            targets = capture.run_block(block, inputs) if args.tune_norms and gptqs else None   # the float block
             for lname, (name, typ) in plan.items():
                 mod = linears[lname]
                 w = mod.weight.detach().float()
@@ -255,9 +262,21 @@ def convert(args: argparse.Namespace) -> list[Row]:
                     values = w.numpy() if order is None else w.numpy()[order]
                     data, qtype = gguf_out.encode(values, typ)
                     replacements[name] = gguf_out.Replacement(data, qtype)
+                    # the later blocks (and the norm tuning) see this layer as llama.cpp will
+                    decoded = gguf.quants.dequantize(data, qtype).reshape(values.shape)
+                    decoded = decoded if order is None else decoded[np.argsort(order)]
+                    mod.weight.data = torch.from_numpy(np.ascontiguousarray(decoded, dtype=np.float32)).to(mod.weight.dtype)
                     rows.append(Row(name, typ, "-", data.nbytes * 8 / values.size, "-"))
+            if targets is not None:
+                norm_ratios.append(norms.tune(block, inputs, targets, args.tune_norms))
+                for nname, gain in norms.block_norms(block).items():
+                    replacements[gguf_name(f"model.layers.{i}.{nname}.weight")] = gguf_out.Replacement(
+                        gain.detach().float().numpy().copy(), gguf.GGMLQuantizationType.F32)
             inputs = capture.run_block(block, inputs)
         bar.close()
+        if norm_ratios:
+            say(f"convert_mpq: norm gains tuned ({args.tune_norms} steps per block): block output error "
+                f"x{np.mean(norm_ratios):.3f} on average")
 
         # The output projection is a linear layer too: its inputs are the final normed hidden
         # states. With tied embeddings the same matrix is the token embedding.

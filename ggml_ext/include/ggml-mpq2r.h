@@ -6,8 +6,9 @@
 // 2.5 bits per weight. Since w.x = (Rw).(Rx), a dot product needs the activations turned by
 // the same R, once per column, before they are quantized to int8: that is the activation type
 // Q8_0R (Q8_0 blocks of the rotated activations), and then MPQ2's own kernels do the rest.
-// The rotation spreads every weight over its block's 64 coordinates: outliers vanish, every
-// word looks Gaussian, and a 2-bit grid fits it much better (incoherence processing).
+// The rotation spreads every weight over its block's 64 coordinates: outliers vanish and every
+// word looks Gaussian, which a 2-bit grid fits better (incoherence processing; measured in
+// docs/BENCHMARKS.md, "MPQ2R").
 #pragma once
 
 #include "ggml.h"

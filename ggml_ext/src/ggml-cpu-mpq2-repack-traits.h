@@ -102,8 +102,8 @@ class mpq2x16_traits : public tensor_traits_base {
 
 }  // namespace ggml::cpu::repack
 
-// The traits for an MPQ2 or MPQ2R weight (the same blocks), or nullptr (plain CPU buffer, row-wise vec_dot) where the
-// repacked kernel would not pay or not apply: no SIMD kernel in this build, not a 2-D matrix,
+// The traits for an MPQ2 or MPQ2R weight (the same blocks), or nullptr (plain CPU buffer,
+// row-wise vec_dot) where the repacked kernel would not pay or not apply: no SIMD kernel in this build, not a 2-D matrix,
 // or a row count that is not a multiple of 16.
 static const ggml::cpu::tensor_traits * ggml_mpq2_repack_traits(const struct ggml_tensor * cur) {
     static const ggml::cpu::repack::mpq2x16_traits traits;

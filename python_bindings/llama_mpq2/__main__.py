@@ -87,13 +87,13 @@ def cmd_perplexity(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .gguf_io import MPQ2_TYPE_ID, mpq2_stats, read_tensor_bytes, tensors
+    from .gguf_io import MPQ2_TYPE_IDS, mpq2_stats, read_tensor_bytes, tensors
     infos = tensors(args.model)
     rows = []
     for t in infos:
         row = {"name": t.name, "type": t.type_name, "shape": list(t.shape), "n_elements": t.n_elements,
                "bytes": t.n_bytes, "bpw": round(t.bits_per_weight, 4)}
-        if t.type_id == MPQ2_TYPE_ID:
+        if t.type_id in MPQ2_TYPE_IDS:
             raw, _ = read_tensor_bytes(args.model, t.name)
             row["salient_fraction"] = round(mpq2_stats(raw)["salient_fraction"], 6)
         rows.append(row)
@@ -117,7 +117,7 @@ def cmd_info(args) -> int:
         print(f"{r['name']:<{w}}  {r['type']:<6}  {'x'.join(map(str, r['shape'])):<16}  {r['bpw']:>7.3f}  {sal}")
     print(f"{summary['tensors']} tensors, {n_el} weights, {n_bytes} bytes, {summary['bpw']:.3f} bpw overall")
     if mp:
-        print(f"{len(mp)} MPQ2 tensors: {summary['mpq2_bpw']:.3f} bpw, "
+        print(f"{len(mp)} MPQ2/MPQ2R tensors: {summary['mpq2_bpw']:.3f} bpw, "
               f"salient (int8-word) fraction {summary['mpq2_salient_fraction']:.4f}")
     return 0
 

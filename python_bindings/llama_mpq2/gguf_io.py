@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 MPQ2_TYPE_ID = 96
+MPQ2_TYPE_IDS = {96: "mpq2", 97: "mpq2r"}   # MPQ2 and MPQ2R: the same blocks (docs/FORMAT.md)
 
 
 def _reader(path: str | os.PathLike):
@@ -66,10 +67,10 @@ def read_tensor_bytes(path: str | os.PathLike, name: str) -> tuple[np.ndarray, T
 
 
 def read_tensor(path: str | os.PathLike, name: str) -> np.ndarray:
-    """A tensor dequantized to float32 in numpy order. MPQ2 goes through the patched ggml's
-    dequantize_row_mpq2; other types through gguf.quants."""
+    """A tensor dequantized to float32 in numpy order. MPQ2 and MPQ2R go through the patched
+    ggml's dequantize_row_mpq2 / _mpq2r; other types through gguf.quants."""
     raw, info = read_tensor_bytes(path, name)
-    if info.type_id == MPQ2_TYPE_ID:
+    if info.type_id in MPQ2_TYPE_IDS:
         from mpq2.codec import find_invalid_block
 
         from . import ggml
@@ -77,7 +78,7 @@ def read_tensor(path: str | os.PathLike, name: str) -> np.ndarray:
         if bad is not None:
             raise ValueError(f"{path}: tensor {name!r} is damaged: {bad[1]} at block {bad[0]} "
                              f"(byte offset {bad[0] * 20} in the tensor's data)")
-        return ggml.dequantize(raw).reshape(info.shape)
+        return ggml.dequantize(raw, qtype=MPQ2_TYPE_IDS[info.type_id]).reshape(info.shape)
     import gguf
     try:
         import mpq2.codec  # noqa: F401  (registers MPQ2 with gguf.quants, for completeness)
