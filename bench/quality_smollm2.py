@@ -150,6 +150,7 @@ VARIANTS = [
     # MPQ2R: the same blocks of weights turned by a fixed 64-point rotation (docs/FORMAT.md)
     ("mpq2r-notune", "convert", ["--type", "mpq2r", "--tune-norms", "0"]),
     ("mpq2r-tn64", "convert", ["--type", "mpq2r", "--tune-norms", "64"]),
+    ("mpq2r-tn64-model", "convert", ["--type", "mpq2r", "--tune-norms", "64", "--norm-target", "model", "--embd-first"]),
     ("mpq2-tn64", "convert", ["--type", "mpq2", "--tune-norms", "64"]),
     ("mpq2r-rtn", "convert", ["--type", "mpq2r", "--method", "rtn", "--tune-norms", "0"]),
     ("mpq2r-quantize-imat", "quantize", ("MPQ2R", True, True)),

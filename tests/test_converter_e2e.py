@@ -47,12 +47,12 @@ def test_summary_and_types(tiny):
     types = h.tensor_types(tiny["out"])
     # the tiny model uses grouped-query attention (4 heads, 2 KV heads): attn_v is Q5_0 by default
     blk = {n: t for n, t in types.items() if n.startswith("blk.") and not n.endswith("norm.weight")}
-    assert all(t == ("Q5_0" if n.endswith("attn_v.weight") else "MPQ2") for n, t in blk.items()), blk
-    assert types["token_embd.weight"] == "MPQ2" and types["output.weight"] == "MPQ2"
+    assert all(t == ("Q5_0" if n.endswith("attn_v.weight") else "MPQ2R") for n, t in blk.items()), blk
+    assert types["token_embd.weight"] == "MPQ2R" and types["output.weight"] == "MPQ2R"
     lines = tiny["summary"].splitlines()
     assert lines[0].split()[:3] == ["tensor", "type", "K"]
     row = next(line for line in lines if line.startswith("blk.0.ffn_down.weight"))
-    assert row.split()[1] == "mpq2" and "/" in row.split()[2] and float(row.split()[-1]) < 0.5
+    assert row.split()[1] == "mpq2r" and "/" in row.split()[2] and float(row.split()[-1]) < 0.5
     assert next(line for line in lines if line.startswith("blk.0.attn_v.weight")).split()[1] == "q5_0"
 
 
@@ -73,12 +73,12 @@ def _kl_to_float(tiny, gguf_path: Path) -> float:
     return float((p.exp() * (p - r)).sum(-1).mean())
 
 
-def test_better_than_round_to_nearest_mpq2(tiny):
+def test_better_than_round_to_nearest_mpq2r(tiny):
     # Distance to the float model, not perplexity: on a tiny model trained on its own text,
     # quantization noise can lower the perplexity (both files scored below F32 once), so PPL
     # cannot tell which quantization is more faithful.
     rtn = tiny["root"] / "rtn.gguf"
-    h.run([h.tool("llama-quantize"), "--pure", tiny["f32"], rtn, "MPQ2", "2"])   # all MPQ2, as ours
+    h.run([h.tool("llama-quantize"), "--pure", tiny["f32"], rtn, "MPQ2R", "2"])   # all MPQ2R, as ours
     kl_rtn, kl_ours = _kl_to_float(tiny, rtn), _kl_to_float(tiny, tiny["out"])
     print(f"KL to float: ours {kl_ours:.4f}, round-to-nearest {kl_rtn:.4f}")
     assert kl_ours < kl_rtn, (kl_ours, kl_rtn)
@@ -87,43 +87,28 @@ def test_better_than_round_to_nearest_mpq2(tiny):
     assert ppl_ours < 1.1 * ppl_f32, (ppl_f32, ppl_ours)
 
 
-def test_logits_match_torch_forward_with_dequantized_weights(tiny):
-    import torch
-    from transformers import LlamaForCausalLM
-
-    from llama_mpq2.model import Model
-
-    hf = LlamaForCausalLM.from_pretrained(tiny["hf"], dtype=torch.float32)
-    sd = h.dequantized_state_dict(tiny["out"], hf.config.num_attention_heads, hf.config.num_key_value_heads)
-    hf.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in sd.items()}, strict=False)
-    with Model(tiny["out"], n_ctx=128, n_threads=2) as m:
-        tokens = m.tokenize("a small bird watches the moon by the sea . the farmer finds")
-        got = m.eval(tokens, all_logits=True)
-    with torch.no_grad():
-        want = hf(torch.tensor([tokens])).logits[0].numpy()
-    rel = np.abs(got - want) / want.std(axis=-1, keepdims=True)   # tolerance as in test_end_to_end.py
-    assert rel.mean() < 0.02 and rel.max() < 0.15, (rel.mean(), rel.max())
-
-
 @pytest.fixture(scope="module")
-def tiny_r(tiny):
-    out = tiny["root"] / "mpq2r.gguf"
-    proc = convert(tiny["hf"], "-o", out, "--type", "mpq2r", *FAST)
+def tiny_p(tiny):
+    """The paper's layout as is (--type mpq2)."""
+    out = tiny["root"] / "paper-mpq2.gguf"
+    proc = convert(tiny["hf"], "-o", out, "--type", "mpq2", *FAST)
     return {**tiny, "out": out, "summary": proc.stdout}
 
 
-def test_mpq2r_types_and_summary(tiny_r):
-    types = h.tensor_types(tiny_r["out"])
+def test_mpq2_types_and_summary(tiny_p):
+    types = h.tensor_types(tiny_p["out"])
     blk = {n: t for n, t in types.items() if n.startswith("blk.") and not n.endswith("norm.weight")}
-    assert all(t == ("Q5_0" if n.endswith("attn_v.weight") else "MPQ2R") for n, t in blk.items()), blk
-    assert types["token_embd.weight"] == "MPQ2R" and types["output.weight"] == "MPQ2R"
-    row = next(line for line in tiny_r["summary"].splitlines() if line.startswith("blk.0.ffn_down.weight"))
-    assert row.split()[1] == "mpq2r" and float(row.split()[-1]) < 0.5
+    assert all(t == ("Q5_0" if n.endswith("attn_v.weight") else "MPQ2") for n, t in blk.items()), blk
+    assert types["token_embd.weight"] == "MPQ2" and types["output.weight"] == "MPQ2"
+    row = next(line for line in tiny_p["summary"].splitlines() if line.startswith("blk.0.ffn_down.weight"))
+    assert row.split()[1] == "mpq2" and float(row.split()[-1]) < 0.5
 
 
-def test_mpq2r_logits_match_torch_forward_with_dequantized_weights(tiny_r):
-    # llama.cpp turns the activations (Q8_0R) and runs MPQ2's kernels; torch uses the weights
-    # as gguf-py decodes them (MPQ2 decoding, then R^T): the two must agree, repacked or not
+@pytest.mark.parametrize("which", ["mpq2r", "mpq2"])
+def test_logits_match_torch_forward_repacked_or_not(tiny, tiny_p, which):
+    # MPQ2R: llama.cpp turns the activations (Q8_0R) and runs MPQ2's kernels; torch uses the
+    # weights as gguf-py decodes them (MPQ2 decoding, then R^T): the two must agree, repacked or not
+    tiny_r = tiny if which == "mpq2r" else tiny_p
     import torch
     from transformers import LlamaForCausalLM
 
@@ -142,14 +127,40 @@ def test_mpq2r_logits_match_torch_forward_with_dequantized_weights(tiny_r):
         assert rel.mean() < 0.02 and rel.max() < 0.15, (repack, rel.mean(), rel.max())
 
 
-def test_mpq2r_better_than_llama_quantize_mpq2r(tiny_r):
-    rtn = tiny_r["root"] / "rtn-r.gguf"
-    h.run([h.tool("llama-quantize"), "--pure", tiny_r["f32"], rtn, "MPQ2R", "2"])
-    assert set(t for n, t in h.tensor_types(rtn).items() if not n.endswith("norm.weight")) == {"MPQ2R"}
-    kl_rtn, kl_ours = _kl_to_float(tiny_r, rtn), _kl_to_float(tiny_r, tiny_r["out"])
+def test_mpq2_better_than_llama_quantize_mpq2(tiny_p):
+    rtn = tiny_p["root"] / "rtn-p.gguf"
+    h.run([h.tool("llama-quantize"), "--pure", tiny_p["f32"], rtn, "MPQ2", "2"])
+    assert set(t for n, t in h.tensor_types(rtn).items() if not n.endswith("norm.weight")) == {"MPQ2"}
+    kl_rtn, kl_ours = _kl_to_float(tiny_p, rtn), _kl_to_float(tiny_p, tiny_p["out"])
     assert kl_ours < kl_rtn, (kl_ours, kl_rtn)
-    ppl_f32 = h.perplexity(tiny_r["f32"], tiny_r["text"], 64)
-    assert h.perplexity(tiny_r["out"], tiny_r["text"], 64) < 1.1 * ppl_f32
+
+
+def test_norm_tuning_lowers_the_distance_to_float(tiny):
+    plain = tiny["root"] / "notune.gguf"
+    convert(tiny["hf"], "-o", plain, "--tune-norms", "0", *FAST)
+    tuned, untuned = gguf_tensors(tiny["out"]), gguf_tensors(plain)
+    norm_names = [n for n in tuned if n.startswith("blk.") and n.endswith("norm.weight")]
+    assert norm_names and all(tuned[n][0] == "F32" and tuned[n][1] != untuned[n][1] for n in norm_names)
+    assert tuned["output_norm.weight"] == untuned["output_norm.weight"]     # only the blocks' gains are tuned
+    kl_tuned, kl_plain = _kl_to_float(tiny, tiny["out"]), _kl_to_float(tiny, plain)
+    assert kl_tuned < kl_plain, (kl_tuned, kl_plain)
+
+
+def test_tied_embedding_first_and_model_target(tmp_path):
+    # a tied embedding/output (as SmolLM2): quantized before the blocks, which are then
+    # calibrated on it, with the gains tuned toward the float model's own hidden states
+    hf = tiny_llama.build(tmp_path / "tied", tied=True, steps=60)
+    out = tmp_path / "tied.gguf"
+    proc = convert(hf, "-o", out, "--embd-first", "--norm-target", "model", *FAST)
+    types = h.tensor_types(out)
+    assert "output.weight" not in types and types["token_embd.weight"] == "MPQ2R"
+    assert proc.stdout.splitlines()[1].startswith("token_embd.weight")     # encoded first
+    plain = tmp_path / "plain.gguf"
+    convert(hf, "-o", plain, *FAST)
+    assert gguf_tensors(plain)["token_embd.weight"] != gguf_tensors(out)["token_embd.weight"]
+    f32 = h.hf_to_gguf_f32(hf, tmp_path / "f32.gguf")
+    text = tmp_path / "tied" / "train.txt"
+    assert h.perplexity(out, text, 64) < 1.5 * h.perplexity(f32, text, 64)
 
 
 def test_same_inputs_give_a_byte_identical_file(tiny):
@@ -229,7 +240,7 @@ def test_rows_not_a_multiple_of_64_fall_back_to_q8_0(tmp_path):
     out = tmp_path / "odd.gguf"
     proc = convert(hf, "-o", out, *FAST, "--attn-v-type", "mpq2")
     types = h.tensor_types(out)
-    assert types["blk.0.ffn_down.weight"] == "Q8_0" and types["blk.0.ffn_up.weight"] == "MPQ2"
+    assert types["blk.0.ffn_down.weight"] == "Q8_0" and types["blk.0.ffn_up.weight"] == "MPQ2R"
     assert types["blk.0.attn_v.weight"] == "MPQ2"        # asked for, despite grouped-query attention
     assert "blk.0.ffn_down.weight" in proc.stdout
     h.perplexity(out, tmp_path / "odd" / "train.txt", 64)  # llama.cpp loads and runs it
@@ -262,13 +273,13 @@ def test_other_supported_architectures(tmp_path, arch):
 
     from llama_mpq2.model import Model
 
-    gqa = arch != "mistral"     # one model without grouped-query attention: attn_v stays MPQ2
+    gqa = arch != "mistral"     # one model without grouped-query attention: attn_v stays MPQ2R
     hf_dir = tiny_llama.build(tmp_path / arch, arch=arch, steps=40, kv_heads=2 if gqa else 4)
     out = tmp_path / f"{arch}.gguf"
     convert(hf_dir, "-o", out, *FAST)
     types = h.tensor_types(out)
-    assert types["blk.1.ffn_down.weight"] == "MPQ2" and types["blk.0.attn_q.weight"] == "MPQ2"
-    assert types["blk.1.attn_v.weight"] == ("Q5_0" if gqa else "MPQ2")
+    assert types["blk.1.ffn_down.weight"] == "MPQ2R" and types["blk.0.attn_q.weight"] == "MPQ2R"
+    assert types["blk.1.attn_v.weight"] == ("Q5_0" if gqa else "MPQ2R")
     hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     sd = h.dequantized_state_dict(out, hf.config.num_attention_heads, hf.config.num_key_value_heads)
     missing, unexpected = hf.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in sd.items()}, strict=False)

@@ -38,7 +38,7 @@ ARCHS = {  # architecture -> (config class, model class) in transformers
 
 
 def build(out_dir: Path, *, hidden: int = 128, intermediate: int = 384, layers: int = 2, heads: int = 4,
-          kv_heads: int = 2, steps: int = 150, seed: int = 0, arch: str = "llama") -> Path:
+          kv_heads: int = 2, steps: int = 150, seed: int = 0, arch: str = "llama", tied: bool = False) -> Path:
     """Writes the model to out_dir and returns it. About 20 s on 2 cores."""
     import sentencepiece as spm
     import torch
@@ -56,7 +56,7 @@ def build(out_dir: Path, *, hidden: int = 128, intermediate: int = 384, layers: 
     config = config_cls(vocab_size=sp.get_piece_size(), hidden_size=hidden, intermediate_size=intermediate,
                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                         max_position_embeddings=512, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
-                        tie_word_embeddings=False, rope_theta=10000.0, **extra)
+                        tie_word_embeddings=tied, rope_theta=10000.0, **extra)
     model = model_cls(config)
     ids = torch.tensor([1] + sp.encode(text_file.read_text()), dtype=torch.long)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)

@@ -61,11 +61,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--tune-norms", type=int, default=64, metavar="STEPS",
                    help="after each block is quantized, tune its RMSNorm gains (float in the file: no extra bits) "
                         "for STEPS Adam steps so the block's output comes back to the float block's (default 64; 0: off)")
+    g.add_argument("--norm-target", choices=["block", "model"], default="block",
+                   help="what the tuned gains aim at: block (default): the float block's output on the same inputs; "
+                        "model: the float model's own hidden states, which also corrects error carried in from "
+                        "earlier blocks")
+    g.add_argument("--embd-first", action="store_true",
+                   help="with tied embeddings, quantize the embedding/output first (GPTQ on the float model's final "
+                        "hidden states), so the blocks are calibrated on its error as an input embedding")
     g = p.add_argument_group("tensor types")
-    g.add_argument("--type", choices=["mpq2", "mpq2r"], default="mpq2",
-                   help="type of the quantized weights: mpq2 (default: the paper's layout) or mpq2r (the same "
-                        "blocks, of weights turned by a fixed 64-point rotation that the kernels apply to the "
-                        "activations too; same size, see docs/FORMAT.md)")
+    g.add_argument("--type", choices=["mpq2r", "mpq2"], default="mpq2r",
+                   help="type of the quantized weights: mpq2r (default: MPQ2 blocks of weights turned by a fixed "
+                        "64-point rotation that the kernels apply to the activations too; same size, lower error: "
+                        "docs/BENCHMARKS.md) or mpq2 (the paper's layout as is)")
     g.add_argument("--output-type", default="auto",
                    help="output projection type: auto (default: --type, GPTQ on the final hidden states), mpq2r, mpq2, "
                         "q8_0, q5_0, q4_0, f16, bf16, f32; with tied embeddings it is also the token embedding's type")
@@ -232,7 +239,38 @@ def convert(args: argparse.Namespace) -> list[Row]:
         replacements: dict[str, gguf_out.Replacement] = {}
         rows: list[Row] = []
         norm_ratios: list[float] = []
-        inputs = capture.first_block_inputs(model, seqs)
+        params = dict(model.named_parameters())
+        tied = "output.weight" not in template
+        out_hf = "model.embed_tokens.weight" if tied else "lm_head.weight"
+        out_name = "token_embd.weight" if tied else "output.weight"
+        out_type = type_for(out_name, params[out_hf].shape[1], args.output_type)
+
+        def encode_output(final_hidden) -> None:
+            """The output projection, a linear layer too: GPTQ on the final normed hidden states.
+            With tied embeddings the same matrix is the token embedding; the model continues
+            with the decoded weights."""
+            out_w = params[out_hf].detach().float()
+            if out_type in OUR_TYPES:
+                g = MPQ2GPTQ(out_w)
+                for hs in final_hidden:
+                    g.add_batch(hs)
+                res = g.fasterquant(out_w, replace(cfg, rotate=out_type == "mpq2r"))
+                replacements[out_name] = gguf_out.Replacement(res.packed, OUR_TYPES[out_type][0])
+                rows.append(Row(out_name, out_type, f"{res.n_salient}/{res.n_words}", BITS_PER_WEIGHT, f"{res.rel_output_error:.4f}"))
+                decoded = res.weight
+            else:
+                data, qtype = gguf_out.encode(out_w.numpy(), out_type)
+                replacements[out_name] = gguf_out.Replacement(data, qtype)
+                rows.append(Row(out_name, out_type, "-", data.nbytes * 8 / out_w.numel(), "-"))
+                decoded = torch.from_numpy(np.ascontiguousarray(gguf.quants.dequantize(data, qtype), dtype=np.float32))
+            params[out_hf].data = decoded.reshape(out_w.shape).to(params[out_hf].dtype)
+
+        finputs = capture.first_block_inputs(model, seqs)   # the float model's own trajectory
+        embd_first = args.embd_first and tied
+        if embd_first:
+            with torch.no_grad():
+                encode_output([model.model(row[None], use_cache=False).last_hidden_state for row in seqs])
+        inputs = capture.first_block_inputs(model, seqs) if embd_first else finputs
         bar = tqdm(list(capture.blocks(model)), desc="blocks", unit="block", disable=args.quiet, file=sys.stderr)
         for i, block in bar:
             linears = capture.linear_modules(block)
@@ -244,7 +282,9 @@ def convert(args: argparse.Namespace) -> list[Row]:
                 plan[lname] = (name, type_for(name, mod.weight.shape[1], default))
             gptqs = {ln: MPQ2GPTQ(linears[ln].weight) for ln, (_, t) in plan.items() if t in OUR_TYPES}
             capture.collect(block, inputs, {ln: g.add_batch for ln, g in gptqs.items()})
-            targets = capture.run_block(block, inputs) if args.tune_norms and gptqs else None   # the float block
+            targets = None
+            if args.tune_norms and gptqs:   # what the float block gives: on these inputs, or on the float model's
+                targets = capture.run_block(block, finputs if args.norm_target == "model" else inputs)
             for lname, (name, typ) in plan.items():
                 mod = linears[lname]
                 w = mod.weight.detach().float()
@@ -272,32 +312,17 @@ def convert(args: argparse.Namespace) -> list[Row]:
                 for nname, gain in norms.block_norms(block).items():
                     replacements[gguf_name(f"model.layers.{i}.{nname}.weight")] = gguf_out.Replacement(
                         gain.detach().float().numpy().copy(), gguf.GGMLQuantizationType.F32)
+            if args.norm_target == "model" and targets is not None:
+                finputs = targets
             inputs = capture.run_block(block, inputs)
         bar.close()
         if norm_ratios:
             say(f"convert_mpq: norm gains tuned ({args.tune_norms} steps per block): block output error "
                 f"x{np.mean(norm_ratios):.3f} on average")
 
-        # The output projection is a linear layer too: its inputs are the final normed hidden
-        # states. With tied embeddings the same matrix is the token embedding.
-        params = dict(model.named_parameters())
-        tied = "output.weight" not in template
-        out_hf = "model.embed_tokens.weight" if tied else "lm_head.weight"
-        out_name = "token_embd.weight" if tied else "output.weight"
-        out_w = params[out_hf].detach().float()
-        out_type = type_for(out_name, out_w.shape[1], args.output_type)
-        if out_type in OUR_TYPES:
-            g = MPQ2GPTQ(out_w)
+        if not embd_first:
             with torch.no_grad():
-                for hs, _, _ in inputs:
-                    g.add_batch(model.model.norm(hs))
-            res = g.fasterquant(out_w, replace(cfg, rotate=out_type == "mpq2r"))
-            replacements[out_name] = gguf_out.Replacement(res.packed, OUR_TYPES[out_type][0])
-            rows.append(Row(out_name, out_type, f"{res.n_salient}/{res.n_words}", BITS_PER_WEIGHT, f"{res.rel_output_error:.4f}"))
-        else:
-            data, qtype = gguf_out.encode(out_w.numpy(), out_type)
-            replacements[out_name] = gguf_out.Replacement(data, qtype)
-            rows.append(Row(out_name, out_type, "-", data.nbytes * 8 / out_w.numel(), "-"))
+                encode_output([model.model.norm(hs) for hs, _, _ in inputs])
         if not tied:
             values = params["model.embed_tokens.weight"].detach().float().numpy()
             typ = type_for("token_embd.weight", values.shape[1], args.embd_type)
