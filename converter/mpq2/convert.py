@@ -61,13 +61,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--tune-norms", type=int, default=64, metavar="STEPS",
                    help="after each block is quantized, tune its RMSNorm gains (float in the file: no extra bits) "
                         "for STEPS Adam steps so the block's output comes back to the float block's (default 64; 0: off)")
-    g.add_argument("--norm-target", choices=["block", "model"], default="block",
-                   help="what the tuned gains aim at: block (default): the float block's output on the same inputs; "
-                        "model: the float model's own hidden states, which also corrects error carried in from "
-                        "earlier blocks")
-    g.add_argument("--embd-first", action="store_true",
+    g.add_argument("--norm-target", choices=["model", "block"], default="model",
+                   help="what the tuned gains aim at: model (default): the float model's own hidden states, which "
+                        "also corrects error carried in from earlier blocks; block: the float block's output on the "
+                        "same inputs")
+    g.add_argument("--embd-first", action=argparse.BooleanOptionalAction, default=True,
                    help="with tied embeddings, quantize the embedding/output first (GPTQ on the float model's final "
-                        "hidden states), so the blocks are calibrated on its error as an input embedding")
+                        "hidden states), so the blocks are calibrated on its error as an input embedding (default: on)")
     g = p.add_argument_group("tensor types")
     g.add_argument("--type", choices=["mpq2r", "mpq2"], default="mpq2r",
                    help="type of the quantized weights: mpq2r (default: MPQ2 blocks of weights turned by a fixed "
