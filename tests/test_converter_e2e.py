@@ -151,12 +151,12 @@ def test_tied_embedding_first_and_model_target(tmp_path):
     # calibrated on it, with the gains tuned toward the float model's own hidden states
     hf = tiny_llama.build(tmp_path / "tied", tied=True, steps=60)
     out = tmp_path / "tied.gguf"
-    proc = convert(hf, "-o", out, "--embd-first", "--norm-target", "model", *FAST)
+    proc = convert(hf, "-o", out, *FAST)            # the defaults: --embd-first --norm-target model
     types = h.tensor_types(out)
     assert "output.weight" not in types and types["token_embd.weight"] == "MPQ2R"
     assert proc.stdout.splitlines()[1].startswith("token_embd.weight")     # encoded first
     plain = tmp_path / "plain.gguf"
-    convert(hf, "-o", plain, *FAST)
+    convert(hf, "-o", plain, "--no-embd-first", "--norm-target", "block", *FAST)
     assert gguf_tensors(plain)["token_embd.weight"] != gguf_tensors(out)["token_embd.weight"]
     f32 = h.hf_to_gguf_f32(hf, tmp_path / "f32.gguf")
     text = tmp_path / "tied" / "train.txt"
