@@ -35,35 +35,6 @@ from grid_ablation import WORK, perplexity  # noqa: E402
 from mpq2 import calibration, capture, norms  # noqa: E402
 from mpq2.gptq import MPQ2GPTQ, QuantConfig  # noqa: E402
 
-QK = 64
-SIGN_MASK = 0x9E3779B97F4A7C15   # the signs of the rotation: bit i set = coordinate i negated
-
-
-def rotation64() -> torch.Tensor:
-    """R = H_64 D / 8: the Sylvester Hadamard matrix times fixed signs, orthogonal."""
-    h = torch.ones(1, 1)
-    while h.shape[0] < QK:
-        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
-    signs = torch.tensor([-1.0 if (SIGN_MASK >> i) & 1 else 1.0 for i in range(QK)])
-    return h * signs[None, :] / 8.0
-
-
-def rotate_w(W: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
-    rows, cols = W.shape
-    return (W.reshape(rows, cols // QK, QK) @ R.T).reshape(rows, cols)
-
-
-def unrotate_w(W: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
-    rows, cols = W.shape
-    return (W.reshape(rows, cols // QK, QK) @ R).reshape(rows, cols)
-
-
-def rotate_h(H: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
-    n = H.shape[0] // QK
-    Rd = R.to(H.dtype)
-    return torch.einsum("ai,minj,bj->manb", Rd, H.reshape(n, QK, n, QK), Rd).reshape(H.shape)
-
-
 def load(path: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     kw = {"gguf_file": path.name}
@@ -71,18 +42,11 @@ def load(path: Path):
     return model, AutoTokenizer.from_pretrained(path.parent, **kw)
 
 
-def quantize(W, g: MPQ2GPTQ, R, cfg) -> tuple[torch.Tensor, float]:
-    H0 = g.H
-    if R is not None:
-        g.H = rotate_h(H0, R)
-        res = g.fasterquant(rotate_w(W, R), cfg)
-        Q = unrotate_w(res.weight, R)
-    else:
-        res = g.fasterquant(W, cfg)
-        Q = res.weight
-    d = (W - Q).double()
-    rel = float(torch.sqrt(torch.einsum("ij,jk,ik->", d, H0, d) / torch.einsum("ij,jk,ik->", W.double(), H0, W.double())))
-    return Q, rel
+def quantize(W, g: MPQ2GPTQ, cfg: QuantConfig) -> tuple[torch.Tensor, float]:
+    """The converter's own encoding (cfg.rotate: MPQ2R, GPTQ in the rotated basis); returns the
+    decoded weights and the relative output error over the calibration data."""
+    res = g.fasterquant(W, cfg)
+    return res.weight, res.rel_output_error
 
 
 def weight_errors(path: Path, names: list[str], rows: int = 512) -> None:
@@ -127,8 +91,7 @@ def main() -> None:
                                    "blk.20.ffn_up.weight", "blk.5.ffn_down.weight"])
         return
     model, tok = load(args.model)
-    R = rotation64() if args.rotate == "h64" else None
-    cfg = QuantConfig()
+    cfg = QuantConfig(rotate=args.rotate == "h64")
     keep = {s for s in args.float.split(",") if s}
     seqs = calibration.calibration_batch(tok, [WORK / "ptb.train.txt"], args.nsamples, 512, 0)
     t0, errs = time.time(), {}
@@ -139,7 +102,7 @@ def main() -> None:
         with torch.no_grad():
             for row in seqs:
                 g.add_batch(model.model(row[None], use_cache=False).last_hidden_state)
-        emb.data, rel = quantize(emb.detach().float(), g, R, cfg)
+        emb.data, rel = quantize(emb.detach().float(), g, cfg)
         errs["embd"] = [rel]
     inputs = capture.first_block_inputs(model, seqs)
     for _, block in capture.blocks(model):
@@ -149,7 +112,7 @@ def main() -> None:
         ftargets = capture.run_block(block, finputs)
         targets = ftargets if args.norm_target == "float" else capture.run_block(block, inputs)
         for n, m in lin.items():
-            m.weight.data, rel = quantize(m.weight.detach().float(), g[n], R, cfg)
+            m.weight.data, rel = quantize(m.weight.detach().float(), g[n], cfg)
             errs.setdefault(n.split(".")[-1], []).append(rel)
         if args.tune_norms:
             errs.setdefault("norm_tune", []).append(norms.tune(block, inputs, targets, args.tune_norms))
@@ -161,7 +124,7 @@ def main() -> None:
         with torch.no_grad():
             for hs, _, _ in inputs:
                 g.add_batch(model.model.norm(hs))
-        emb.data, rel = quantize(emb.detach().float(), g, R, cfg)
+        emb.data, rel = quantize(emb.detach().float(), g, cfg)
         errs["embd"] = [rel]
     ppl = perplexity(model, tok, chunks=args.chunks)
     print(f"rotate={args.rotate} embd={args.embd} float={args.float or '-'} tune_norms={args.tune_norms} "

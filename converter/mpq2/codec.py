@@ -8,6 +8,8 @@ weights of a word, the fit steps and the 8 scale codes.
 """
 from __future__ import annotations
 
+import types
+
 import numpy as np
 
 from . import rotation
@@ -304,31 +306,12 @@ def _register_with_gguf() -> None:
         return
     base = gq.__dict__["__Quant"]
 
-    class MPQ2(base, qtype=QTYPE):
-        @classmethod
-        def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
-            return quantize(blocks)
-
-        @classmethod
-        def quantize_rows(cls, rows: np.ndarray) -> np.ndarray:
-            return quantize(rows)
-
-        @classmethod
-        def dequantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
-            return dequantize(blocks)
-
-    class MPQ2R(base, qtype=QTYPE_R):
-        @classmethod
-        def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
-            return quantize_r(blocks)
-
-        @classmethod
-        def quantize_rows(cls, rows: np.ndarray) -> np.ndarray:
-            return quantize_r(rows)
-
-        @classmethod
-        def dequantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
-            return dequantize_r(blocks)
+    for name, qtype, quant, dequant in (("MPQ2", QTYPE, quantize, dequantize),
+                                        ("MPQ2R", QTYPE_R, quantize_r, dequantize_r)):
+        body = {"quantize_blocks": classmethod(lambda cls, blocks, q=quant: q(blocks)),
+                "quantize_rows": classmethod(lambda cls, rows, q=quant: q(rows)),
+                "dequantize_blocks": classmethod(lambda cls, blocks, d=dequant: d(blocks))}
+        types.new_class(name, (base,), {"qtype": qtype}, lambda ns, b=body: ns.update(b))
 
 
 _register_with_gguf()

@@ -102,9 +102,9 @@ class Row:
 
 def _check_types(args) -> list[tuple[re.Pattern, str]]:
     from .gguf_out import TYPE_NAMES
-    for opt in ("embd_type", "output_type", "attn_v_type"):
+    for opt in ("embd_type", "output_type"):   # attn_v's auto depends on the model: convert()
         if getattr(args, opt) == "auto":
-            setattr(args, opt, args.type if opt != "attn_v_type" else "auto")
+            setattr(args, opt, args.type)
     for opt in ("embd_type", "output_type", "fallback_type", "attn_v_type"):
         if getattr(args, opt) not in TYPE_NAMES and not (opt == "attn_v_type" and args.attn_v_type == "auto"):
             raise ConvertError(f"--{opt.replace('_', '-')} {getattr(args, opt)!r}: choose one of {', '.join(TYPE_NAMES)}")
@@ -262,15 +262,17 @@ def convert(args: argparse.Namespace) -> list[Row]:
                 data, qtype = gguf_out.encode(out_w.numpy(), out_type)
                 replacements[out_name] = gguf_out.Replacement(data, qtype)
                 rows.append(Row(out_name, out_type, "-", data.nbytes * 8 / out_w.numel(), "-"))
-                decoded = torch.from_numpy(np.ascontiguousarray(gguf.quants.dequantize(data, qtype), dtype=np.float32))
+                decoded = torch.from_numpy(gguf_out.decode(data, qtype, out_w.shape))
             params[out_hf].data = decoded.reshape(out_w.shape).to(params[out_hf].dtype)
 
-        finputs = capture.first_block_inputs(model, seqs)   # the float model's own trajectory
+        inputs = capture.first_block_inputs(model, seqs)
+        # the float model's own trajectory, kept only where the norm tuning aims at it
+        finputs = inputs if args.tune_norms and args.norm_target == "model" else None
         embd_first = args.embd_first and tied
         if embd_first:
             with torch.no_grad():
                 encode_output([model.model(row[None], use_cache=False).last_hidden_state for row in seqs])
-        inputs = capture.first_block_inputs(model, seqs) if embd_first else finputs
+            inputs = capture.first_block_inputs(model, seqs)
         bar = tqdm(list(capture.blocks(model)), desc="blocks", unit="block", disable=args.quiet, file=sys.stderr)
         for i, block in bar:
             linears = capture.linear_modules(block)
@@ -282,9 +284,13 @@ def convert(args: argparse.Namespace) -> list[Row]:
                 plan[lname] = (name, type_for(name, mod.weight.shape[1], default))
             gptqs = {ln: MPQ2GPTQ(linears[ln].weight) for ln, (_, t) in plan.items() if t in OUR_TYPES}
             capture.collect(block, inputs, {ln: g.add_batch for ln, g in gptqs.items()})
+            # the float block's output: on the float model's trajectory (which advances with it), or
+            # on these inputs; what the norm tuning aims at
+            if finputs is not None:
+                finputs = capture.run_block(block, finputs)
             targets = None
-            if args.tune_norms and gptqs:   # what the float block gives: on these inputs, or on the float model's
-                targets = capture.run_block(block, finputs if args.norm_target == "model" else inputs)
+            if args.tune_norms and gptqs:
+                targets = finputs if finputs is not None else capture.run_block(block, inputs)
             for lname, (name, typ) in plan.items():
                 mod = linears[lname]
                 w = mod.weight.detach().float()
@@ -303,17 +309,15 @@ def convert(args: argparse.Namespace) -> list[Row]:
                     data, qtype = gguf_out.encode(values, typ)
                     replacements[name] = gguf_out.Replacement(data, qtype)
                     # the later blocks (and the norm tuning) see this layer as llama.cpp will
-                    decoded = gguf.quants.dequantize(data, qtype).reshape(values.shape)
+                    decoded = gguf_out.decode(data, qtype, values.shape)
                     decoded = decoded if order is None else decoded[np.argsort(order)]
-                    mod.weight.data = torch.from_numpy(np.ascontiguousarray(decoded, dtype=np.float32)).to(mod.weight.dtype)
+                    mod.weight.data = torch.from_numpy(np.ascontiguousarray(decoded)).to(mod.weight.dtype)
                     rows.append(Row(name, typ, "-", data.nbytes * 8 / values.size, "-"))
             if targets is not None:
                 norm_ratios.append(norms.tune(block, inputs, targets, args.tune_norms))
                 for nname, gain in norms.block_norms(block).items():
                     replacements[gguf_name(f"model.layers.{i}.{nname}.weight")] = gguf_out.Replacement(
                         gain.detach().float().numpy().copy(), gguf.GGMLQuantizationType.F32)
-            if args.norm_target == "model" and targets is not None:
-                finputs = targets
             inputs = capture.run_block(block, inputs)
         bar.close()
         if norm_ratios:

@@ -65,6 +65,11 @@ def encode(values: np.ndarray, type_name: str) -> tuple[np.ndarray, gguf.GGMLQua
     return gguf.quants.quantize(values, qtype), qtype
 
 
+def decode(data: np.ndarray, qtype: gguf.GGMLQuantizationType, shape) -> np.ndarray:
+    """What llama.cpp will compute with: encoded data back to float32 of the given shape."""
+    return np.ascontiguousarray(gguf.quants.dequantize(data, qtype), dtype=np.float32).reshape(shape)
+
+
 def fits(type_name: str, cols: int) -> bool:
     qtype = OUR_TYPES[type_name][0] if type_name in OUR_TYPES else OTHER_TYPES[type_name]
     return cols % gguf.GGML_QUANT_SIZES[qtype][0] == 0

@@ -47,6 +47,10 @@ GGML_API size_t quantize_mpq2r_ex(const float * GGML_RESTRICT src, void * GGML_R
                                   float salient_fraction);
 // Q8_0R: block_q8_0 of the rotated activations (n a multiple of 64).
 GGML_API void   quantize_row_q8_0r_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);
+// Each 64-block of x rotated, then quantized by q8_0 (a Q8_0 row quantizer: the reference, or
+// ggml-cpu's SIMD one) into two block_q8_0 of y.
+GGML_API void   mpq2r_quantize_row_q8_0_with(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k,
+                                             void (*q8_0)(const float * GGML_RESTRICT, void * GGML_RESTRICT, int64_t));
 GGML_API void   dequantize_row_q8_0r(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
 
 // CPU backend (ggml-cpu): the activation quantizer (rotation, then ggml-cpu's Q8_0 quantizer).

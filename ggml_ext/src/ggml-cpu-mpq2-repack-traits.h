@@ -58,9 +58,10 @@ class mpq2x16_traits : public tensor_traits_base {
         char *        wdata    = (char *) GGML_PAD((uintptr_t) params->wdata, 64);
         GGML_ASSERT(wdata + act_size * ncols <= (char *) params->wdata + params->wsize);
 
-        // activations: Q8_0 (ggml's own quantizer, as for vec_dot; for MPQ2R of the rotated
-        // activations, Q8_0R) plus the kernel's sums
-        const ggml_from_float_t to_q8_0 = ggml_get_type_traits_cpu(src0->type == GGML_TYPE_MPQ2R ? GGML_TYPE_Q8_0R : GGML_TYPE_Q8_0)->from_float;
+        // activations: the weight type's vec_dot_type (Q8_0 for MPQ2, Q8_0R for MPQ2R), with
+        // ggml's own quantizer as for vec_dot, plus the kernel's sums
+        const ggml_type act_type = ggml_get_type_traits_cpu(src0->type)->vec_dot_type;
+        const ggml_from_float_t to_q8_0 = ggml_get_type_traits_cpu(act_type)->from_float;
         for (int64_t j = ith; j < ncols; j += nth) {
             const int64_t i11 = j % ne11, i12 = (j / ne11) % ne12, i13 = j / (ne11 * ne12);
             char * buf = wdata + j * act_size;

@@ -7,8 +7,6 @@
 #include "quants.h"
 #include "ggml-mpq2.h"
 
-#include <assert.h>
-
 void quantize_row_mpq2r(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k) {
     quantize_row_mpq2r_ref(x, y, k);
 }
@@ -16,10 +14,5 @@ void quantize_row_mpq2r(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, i
 // MPQ2R's activations: each 64-block rotated, then ggml-cpu's own Q8_0 quantizer, so an MPQ2R
 // dot product is MPQ2's kernel on the same integers it would see for rotated floats.
 void quantize_row_q8_0r(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k) {
-    assert(k % QK_MPQ2R == 0);
-    float t[QK_MPQ2R];
-    for (int64_t ib = 0; ib < k / QK_MPQ2R; ++ib) {
-        mpq2r_rotate(x + ib*QK_MPQ2R, t, QK_MPQ2R);
-        quantize_row_q8_0(t, (block_q8_0 *) y + ib*(QK_MPQ2R/QK8_0), QK_MPQ2R);
-    }
+    mpq2r_quantize_row_q8_0_with(x, y, k, quantize_row_q8_0);
 }

@@ -88,13 +88,22 @@ size_t quantize_mpq2r(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst,
     return quantize_mpq2r_ex(src, dst, nrows, n_per_row, imatrix, MPQ2_DEFAULT_SALIENT_FRACTION);
 }
 
-void quantize_row_q8_0r_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k) {
+void mpq2r_quantize_row_q8_0_with(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k,
+                                  void (*q8_0)(const float * GGML_RESTRICT, void * GGML_RESTRICT, int64_t)) {
     GGML_ASSERT(k % QK_MPQ2R == 0);
     float t[QK_MPQ2R];
     for (int64_t ib = 0; ib < k / QK_MPQ2R; ++ib) {
         mpq2r_rotate(x + ib*QK_MPQ2R, t, QK_MPQ2R);
-        quantize_row_q8_0_ref(t, (block_q8_0 *) y + ib*(QK_MPQ2R/QK8_0), QK_MPQ2R);
+        q8_0(t, (block_q8_0 *) y + ib*(QK_MPQ2R/QK8_0), QK_MPQ2R);
     }
+}
+
+static void mpq2r_q8_0_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k) {
+    quantize_row_q8_0_ref(x, (block_q8_0 *) y, k);
+}
+
+void quantize_row_q8_0r_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k) {
+    mpq2r_quantize_row_q8_0_with(x, y, k, mpq2r_q8_0_ref);
 }
 
 void dequantize_row_q8_0r(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k) {

@@ -76,11 +76,16 @@ def _qtype(qtype: str) -> int:
     return QTYPES[qtype]
 
 
+# The C reference per type: (quantize_*_ex, dequantize_row_*, quantize_row_*_ref).
+_REF = {"mpq2": (_base.quantize_mpq2_ex, _base.dequantize_row_mpq2, _base.quantize_row_mpq2_ref),
+        "mpq2r": (_base.quantize_mpq2r_ex, _base.dequantize_row_mpq2r, _base.quantize_row_mpq2r_ref)}
+
+
 def quantize(x: np.ndarray, imatrix: np.ndarray | None = None, salient_fraction: float = 0.125,
              *, hessian_diag: np.ndarray | None = None, qtype: str = "mpq2") -> np.ndarray:
     """Rows of x (..., n) to MPQ2/MPQ2R bytes (..., n/64*20). imatrix: per-column importance
     (llama.cpp's imatrix, or the Hessian diagonal, also accepted as hessian_diag=), length n."""
-    quantize_ex = _base.quantize_mpq2r_ex if _qtype(qtype) == GGML_TYPE_MPQ2R else _base.quantize_mpq2_ex
+    _qtype(qtype)
     if hessian_diag is not None:
         if imatrix is not None:
             raise ValueError("pass imatrix or hessian_diag, not both")
@@ -95,7 +100,7 @@ def quantize(x: np.ndarray, imatrix: np.ndarray | None = None, salient_fraction:
         if imatrix.shape != (n,):
             raise ValueError(f"imatrix must have shape ({n},), got {imatrix.shape}")
         imat = _ptr(imatrix, "float *")
-    quantize_ex(_ptr(x, "float *"), _ptr(out, "void *"), nrows, n, imat, float(salient_fraction))
+    _REF[qtype][0](_ptr(x, "float *"), _ptr(out, "void *"), nrows, n, imat, float(salient_fraction))
     return out
 
 
@@ -103,8 +108,8 @@ def quantize_ref(x: np.ndarray, qtype: str = "mpq2") -> np.ndarray:
     """quantize_row_mpq2_ref (or _mpq2r_ref) over all of x as one row (ggml's from_float_ref)."""
     x = _rows(x)
     out = np.empty(x.size // QK_MPQ2 * MPQ2_BLOCK_BYTES, np.uint8)
-    ref = _base.quantize_row_mpq2r_ref if _qtype(qtype) == GGML_TYPE_MPQ2R else _base.quantize_row_mpq2_ref
-    ref(_ptr(x, "float *"), _ptr(out, "void *"), x.size)
+    _qtype(qtype)
+    _REF[qtype][2](_ptr(x, "float *"), _ptr(out, "void *"), x.size)
     return out
 
 
@@ -135,8 +140,8 @@ def dequantize(q: np.ndarray, qtype: str = "mpq2") -> np.ndarray:
     """MPQ2/MPQ2R bytes (..., k*20) to float32 (..., k*64)."""
     q = _blocks(q)
     out = np.empty(q.shape[:-1] + (q.shape[-1] // MPQ2_BLOCK_BYTES * QK_MPQ2,), np.float32)
-    deq = _base.dequantize_row_mpq2r if _qtype(qtype) == GGML_TYPE_MPQ2R else _base.dequantize_row_mpq2
-    deq(_ptr(q, "void *"), _ptr(out, "float *"), out.size)
+    _qtype(qtype)
+    _REF[qtype][1](_ptr(q, "void *"), _ptr(out, "float *"), out.size)
     return out
 
 
