@@ -150,10 +150,18 @@ VARIANTS = [
     # MPQ2R: the same blocks of weights turned by a fixed 64-point rotation (docs/FORMAT.md)
     ("mpq2r-notune", "convert", ["--type", "mpq2r", "--tune-norms", "0"]),
     ("mpq2r-tn64", "convert", ["--type", "mpq2r", "--tune-norms", "64"]),
-    ("mpq2r-tn64-model", "convert", ["--type", "mpq2r", "--tune-norms", "64", "--norm-target", "model", "--embd-first"]),
+    ("mpq2r-tn64-model", "convert", ["--type", "mpq2r", "--tune-norms", "64", "--norm-target", "model", "--embd-first",
+                                     "--no-tune-output-norm"]),
+    ("mpq2r-tn64-model-out", "convert", ["--type", "mpq2r", "--tune-norms", "64", "--norm-target", "model", "--embd-first",
+                                         "--tune-output-norm"]),
     ("mpq2-tn64", "convert", ["--type", "mpq2", "--tune-norms", "64"]),
     ("mpq2r-rtn", "convert", ["--type", "mpq2r", "--method", "rtn", "--tune-norms", "0"]),
     ("mpq2r-quantize-imat", "quantize", ("MPQ2R", True, True)),
+    # today's defaults with the tied embedding/output at a llama.cpp type: more bytes, still fewer
+    # than llama.cpp's "2-bit" files of this model (which fall back to 4-bit types)
+    ("mpq2r-embd-q8_0", "convert", ["--output-type", "q8_0", "--no-tune-output-norm"]),
+    ("mpq2r-embd-q5_0", "convert", ["--output-type", "q5_0"]),
+    ("mpq2r-embd-q4_0", "convert", ["--output-type", "q4_0"]),
     ("q2_k", "quantize", ("Q2_K", True, True)),
     ("iq2_xxs", "quantize", ("IQ2_XXS", True, True)),
     ("iq2_xs", "quantize", ("IQ2_XS", True, True)),

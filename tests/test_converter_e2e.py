@@ -141,9 +141,21 @@ def test_norm_tuning_lowers_the_distance_to_float(tiny):
     tuned, untuned = gguf_tensors(tiny["out"]), gguf_tensors(plain)
     norm_names = [n for n in tuned if n.startswith("blk.") and n.endswith("norm.weight")]
     assert norm_names and all(tuned[n][0] == "F32" and tuned[n][1] != untuned[n][1] for n in norm_names)
-    assert tuned["output_norm.weight"] == untuned["output_norm.weight"]     # only the blocks' gains are tuned
+    assert tuned["output_norm.weight"][1] != untuned["output_norm.weight"][1]     # the final norm is tuned too
     kl_tuned, kl_plain = _kl_to_float(tiny, tiny["out"]), _kl_to_float(tiny, plain)
     assert kl_tuned < kl_plain, (kl_tuned, kl_plain)
+
+
+def test_no_tune_output_norm_keeps_the_final_gain(tiny):
+    blocks_only = tiny["root"] / "blocks-only.gguf"
+    convert(tiny["hf"], "-o", blocks_only, "--no-tune-output-norm", *FAST)
+    plain = tiny["root"] / "notune.gguf"
+    if not plain.exists():
+        convert(tiny["hf"], "-o", plain, "--tune-norms", "0", *FAST)
+    ours, untuned, tuned = gguf_tensors(blocks_only), gguf_tensors(plain), gguf_tensors(tiny["out"])
+    assert ours["output_norm.weight"] == untuned["output_norm.weight"]
+    assert all(ours[n] == tuned[n] for n in ours if n.startswith("blk."))   # the final gain comes after the blocks
+    assert _kl_to_float(tiny, tiny["out"]) < _kl_to_float(tiny, blocks_only)
 
 
 def test_tied_embedding_first_and_model_target(tmp_path):

@@ -56,3 +56,37 @@ def test_zero_steps_changes_nothing():
     gains = {n: p.clone() for n, p in norms.block_norms(block).items()}
     assert norms.tune(block, inputs, targets, steps=0) == 1.0
     assert all(torch.equal(p, gains[n]) for n, p in norms.block_norms(block).items())
+
+
+def test_output_norm_tuning_brings_the_logits_back():
+    # a final norm, a float output projection and a 2-bit copy of it whose input channels are off
+    # by a scale (what a per-channel gain can undo, as grids do in common): tuning the gain lowers
+    # the KL divergence to the float logits, and only the gain moves
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+    torch.manual_seed(0)
+    norm, w_float = LlamaRMSNorm(128), torch.randn(96, 128) / 128 ** 0.5
+    hidden = [torch.randn(32, 128) * torch.linspace(0.2, 3, 128) for _ in range(6)]
+    g = MPQ2GPTQ(w_float)
+    for h in hidden:
+        g.add_batch(norm(h).detach())
+    w_q = g.fasterquant(w_float, QuantConfig(method="rtn", rotate=True)).weight * (1 + 0.2 * torch.randn(128))
+    w_before, gain_before = w_q.clone(), norm.weight.detach().clone()
+    target = norm(hidden[0]).detach()  # the float norm, before tuning
+
+    def float_logits(k):
+        return torch.nn.functional.rms_norm(hidden[k], (128,), gain_before, norm.variance_epsilon) @ w_float.T
+
+    def kl():
+        return sum(float(torch.nn.functional.kl_div(torch.log_softmax(norm(h) @ w_q.T, -1),
+                                                    torch.log_softmax(float_logits(k), -1),
+                                                    log_target=True, reduction="batchmean"))
+                   for k, h in enumerate(hidden))
+
+    before = kl()
+    ratio = norms.tune_output(norm, w_q, hidden, float_logits, steps=60, lr=3e-3)
+    after = kl()
+    assert after < 0.8 * before, (before, after)
+    assert abs(ratio - after / before) < 0.02 * ratio
+    assert not torch.equal(norm.weight, gain_before) and torch.equal(w_q, w_before)
+    assert norm.weight.requires_grad and not torch.equal(norm(hidden[0]), target)   # as it was
+    assert norms.tune_output(norm, w_q, hidden, float_logits, steps=0) == 1.0

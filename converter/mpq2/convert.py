@@ -3,6 +3,7 @@ int8-mean salient words and GPTQ-compensated 2-bit words (docs/CONVERTER.md)."""
 from __future__ import annotations
 
 import argparse
+import copy
 import re
 import resource
 import sys
@@ -65,6 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="what the tuned gains aim at: model (default): the float model's own hidden states, which "
                         "also corrects error carried in from earlier blocks; block: the float block's output on the "
                         "same inputs")
+    g.add_argument("--tune-output-norm", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --tune-norms, also tune the final norm's gain for STEPS steps so the logits of the "
+                        "quantized output projection come close to the float model's (KL divergence; default: on)")
     g.add_argument("--embd-first", action=argparse.BooleanOptionalAction, default=True,
                    help="with tied embeddings, quantize the embedding/output first (GPTQ on the float model's final "
                         "hidden states), so the blocks are calibrated on its error as an input embedding (default: on)")
@@ -265,6 +269,9 @@ def convert(args: argparse.Namespace) -> list[Row]:
                 decoded = torch.from_numpy(gguf_out.decode(data, qtype, out_w.shape))
             params[out_hf].data = decoded.reshape(out_w.shape).to(params[out_hf].dtype)
 
+        # the float output projection and final norm, kept only where the final norm is tuned toward them
+        tune_out = args.tune_norms > 0 and args.tune_output_norm
+        float_out = (params[out_hf].detach().float().clone(), copy.deepcopy(model.model.norm)) if tune_out else None
         inputs = capture.first_block_inputs(model, seqs)
         # the float model's own trajectory, kept only where the norm tuning aims at it
         finputs = inputs if args.tune_norms and args.norm_target == "model" else None
@@ -327,6 +334,20 @@ def convert(args: argparse.Namespace) -> list[Row]:
         if not embd_first:
             with torch.no_grad():
                 encode_output([model.model.norm(hs) for hs, _, _ in inputs])
+        if float_out is not None:
+            say("convert_mpq: tuning the final norm toward the float model's logits")
+            w_float, norm_float = float_out
+            ftail = finputs if finputs is not None else inputs
+
+            @torch.no_grad()
+            def float_logits(k: int) -> torch.Tensor:
+                return norm_float(ftail[k][0]) @ w_float.T
+
+            ratio = norms.tune_output(model.model.norm, params[out_hf].detach().float(), [hs for hs, _, _ in inputs],
+                                      float_logits, args.tune_norms)
+            say(f"convert_mpq: final norm tuned: KL to the float logits x{ratio:.3f}")
+            replacements[gguf_name("model.norm.weight")] = gguf_out.Replacement(
+                model.model.norm.weight.detach().float().numpy().copy(), gguf.GGMLQuantizationType.F32)
         if not tied:
             values = params["model.embed_tokens.weight"].detach().float().numpy()
             typ = type_for("token_embd.weight", values.shape[1], args.embd_type)

@@ -51,3 +51,40 @@ def tune(block: torch.nn.Module, inputs: list[tuple], targets: list[tuple], step
         for p, g in grads.items():
             p.requires_grad_(g)
     return after / before if before > 0 else 1.0
+
+
+def tune_output(norm: torch.nn.Module, weight: torch.Tensor, hidden: list[torch.Tensor],
+                target_logits, steps: int, lr: float = 1e-3) -> float:
+    """Tunes the final RMSNorm's gain in place so that the logits of the quantized output
+    projection `weight` on the quantized model's last hidden states (`hidden`, one tensor per
+    sequence) come close to the float model's: KL(float || quantized) over the vocabulary.
+    The gain rescales every input channel of the output projection, so it absorbs part of the
+    error the blocks' norms cannot reach: the output projection's own (measured in
+    docs/BENCHMARKS.md). `target_logits(k)` gives the float logits of sequence k (computed on
+    demand: 64 sequences of float logits would take gigabytes). Returns KL after over before."""
+    gain = getattr(norm, "weight", None)
+    if steps <= 0 or not isinstance(gain, torch.nn.Parameter) or not hidden:
+        return 1.0
+    opt = torch.optim.Adam([gain], lr=lr)
+
+    def kl_of(k: int) -> torch.Tensor:
+        logq = torch.log_softmax(norm(hidden[k]) @ weight.T, dim=-1)
+        with torch.no_grad():
+            logp = torch.log_softmax(target_logits(k), dim=-1)
+        return torch.nn.functional.kl_div(logq.flatten(0, -2), logp.flatten(0, -2), log_target=True,
+                                          reduction="batchmean")
+
+    was = gain.requires_grad
+    gain.requires_grad_(True)
+    try:
+        with torch.no_grad():
+            before = sum(float(kl_of(k)) for k in range(len(hidden)))
+        for step in range(steps):
+            opt.zero_grad()
+            kl_of(step % len(hidden)).backward()
+            opt.step()
+        with torch.no_grad():
+            after = sum(float(kl_of(k)) for k in range(len(hidden)))
+    finally:
+        gain.requires_grad_(was)
+    return after / before if before > 0 else 1.0
