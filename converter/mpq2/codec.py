@@ -90,16 +90,20 @@ def _fit8(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (amax / F(127.0)).astype(F), err
 
 
-def _encode_words(x, w, salient, dd, j, zc):
+def _encode_words(x, w, salient, dd, j, zc, means=None, int8=True):
     """Codes and weighted error of each word at block scale dd, scale codes j and zero codes
-    zc, as mpq2_encode_word. dd, j, zc, salient: (rows, words)."""
+    zc, as mpq2_encode_word. dd, j, zc, salient: (rows, words). `means`: _means4(x, w) if the
+    caller has it; int8=False encodes every word as 2-bit (c8 None), for a caller that ignores
+    the salient words' result: the 2-bit words' codes and errors are the same either way."""
     m = SCALE_MULT[j]
     zint = ZERO2[zc]
-    c8 = _code8(_means4(x, w), (dd * m.astype(F))[..., None])
     c2 = _code2(x, (dd * (m * GRID_STEP).astype(F))[..., None], ZERO_STEPS[zc][..., None])
-    v8 = np.repeat(m[..., None] * c8, 4, axis=-1)
-    v2 = m[..., None] * (GRID_STEP * c2 - zint[..., None])
-    diff = x - dd[..., None] * np.where(salient[..., None], v8, v2).astype(F)
+    v = m[..., None] * (GRID_STEP * c2 - zint[..., None])
+    c8 = None
+    if int8:
+        c8 = _code8(_means4(x, w) if means is None else means, (dd * m.astype(F))[..., None])
+        v = np.where(salient[..., None], np.repeat(m[..., None] * c8, 4, axis=-1), v)
+    diff = x - dd[..., None] * v.astype(F)
     err = _wsum(w[..., i] * diff[..., i] * diff[..., i] for i in range(GROUP))
     return c8, c2, err
 
@@ -153,15 +157,19 @@ def choose_scales(x: np.ndarray, w: np.ndarray, salient: np.ndarray, unit: np.nd
     best_err = np.full(salient.shape, np.inf, F)
     best_j = np.zeros(salient.shape, np.int32)
     best_z = np.zeros(salient.shape, np.int32)
+    any_salient = bool(salient.any())
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        means = _means4(x, w) if any_salient else None
         for j in range(len(SCALE_MULT)):
             for z in range(len(ZERO2)):
-                _, _, err = _encode_words(x, w, salient, dd, np.full(salient.shape, j), np.full(salient.shape, z))
+                # int8 words only try zero code 0: at the others only the 2-bit words count
+                _, _, err = _encode_words(x, w, salient, dd, np.full(salient.shape, j), np.full(salient.shape, z),
+                                          means, int8=any_salient and z == 0)
                 better = (err < best_err) & (~salient | (z == 0))   # int8 words try zero code 0 only
                 best_err = np.where(better, err, best_err)
                 best_j = np.where(better, j, best_j)
                 best_z = np.where(better, z, best_z)
-        c8, c2, _ = _encode_words(x, w, salient, dd, best_j, best_z)
+        c8, c2, _ = _encode_words(x, w, salient, dd, best_j, best_z, means)
     return dcode, best_j, best_z, c8, c2
 
 
