@@ -68,7 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "same inputs")
     g.add_argument("--tune-output-norm", action=argparse.BooleanOptionalAction, default=True,
                    help="with --tune-norms, also tune the final norm's gain for STEPS steps so the logits of the "
-                        "quantized output projection come close to the float model's (KL divergence; default: on)")
+                        "quantized output projection come close to the float model's (--norm-target model) or to "
+                        "the float output projection's on the same hidden states (block); KL divergence (default: on)")
     g.add_argument("--embd-first", action=argparse.BooleanOptionalAction, default=True,
                    help="with tied embeddings, quantize the embedding/output first (GPTQ on the float model's final "
                         "hidden states), so the blocks are calibrated on its error as an input embedding (default: on)")
@@ -249,11 +250,16 @@ def convert(args: argparse.Namespace) -> list[Row]:
         out_name = "token_embd.weight" if tied else "output.weight"
         out_type = type_for(out_name, params[out_hf].shape[1], args.output_type)
 
+        tune_out = args.tune_norms > 0 and args.tune_output_norm
+        float_out: dict[str, torch.Tensor] = {}   # the float output projection, for the final norm's tuning
+
         def encode_output(final_hidden) -> None:
             """The output projection, a linear layer too: GPTQ on the final normed hidden states.
             With tied embeddings the same matrix is the token embedding; the model continues
             with the decoded weights."""
             out_w = params[out_hf].detach().float()
+            if tune_out:    # keeps the float values alive (the parameter gets new data below): no copy
+                float_out["weight"] = out_w
             if out_type in OUR_TYPES:
                 g = MPQ2GPTQ(out_w)
                 for hs in final_hidden:
@@ -269,9 +275,6 @@ def convert(args: argparse.Namespace) -> list[Row]:
                 decoded = torch.from_numpy(gguf_out.decode(data, qtype, out_w.shape))
             params[out_hf].data = decoded.reshape(out_w.shape).to(params[out_hf].dtype)
 
-        # the float output projection and final norm, kept only where the final norm is tuned toward them
-        tune_out = args.tune_norms > 0 and args.tune_output_norm
-        float_out = (params[out_hf].detach().float().clone(), copy.deepcopy(model.model.norm)) if tune_out else None
         inputs = capture.first_block_inputs(model, seqs)
         # the float model's own trajectory, kept only where the norm tuning aims at it
         finputs = inputs if args.tune_norms and args.norm_target == "model" else None
@@ -334,18 +337,21 @@ def convert(args: argparse.Namespace) -> list[Row]:
         if not embd_first:
             with torch.no_grad():
                 encode_output([model.model.norm(hs) for hs, _, _ in inputs])
-        if float_out is not None:
-            say("convert_mpq: tuning the final norm toward the float model's logits")
-            w_float, norm_float = float_out
+        if tune_out:
+            # toward the float model's logits (--norm-target model) or toward the float output
+            # projection's on the quantized model's hidden states (block)
+            say("convert_mpq: tuning the final norm's gain")
+            w_float, norm_float = float_out["weight"], copy.deepcopy(model.model.norm)
             ftail = finputs if finputs is not None else inputs
 
             @torch.no_grad()
-            def float_logits(k: int) -> torch.Tensor:
-                return norm_float(ftail[k][0]) @ w_float.T
+            def float_logits(k: int, rows: slice) -> torch.Tensor:
+                h = ftail[k][0]
+                return norm_float(h.reshape(-1, h.shape[-1])[rows]) @ w_float.T
 
             ratio = norms.tune_output(model.model.norm, params[out_hf].detach().float(), [hs for hs, _, _ in inputs],
                                       float_logits, args.tune_norms)
-            say(f"convert_mpq: final norm tuned: KL to the float logits x{ratio:.3f}")
+            say(f"convert_mpq: final norm tuned: KL divergence to the target logits x{ratio:.3f}")
             replacements[gguf_name("model.norm.weight")] = gguf_out.Replacement(
                 model.model.norm.weight.detach().float().numpy().copy(), gguf.GGMLQuantizationType.F32)
         if not tied:

@@ -58,38 +58,48 @@ def tune(block: torch.nn.Module, inputs: list[tuple], targets: list[tuple], step
 
 
 def tune_output(norm: torch.nn.Module, weight: torch.Tensor, hidden: list[torch.Tensor],
-                target_logits, steps: int, lr: float = 1e-3) -> float:
+                target_logits, steps: int, lr: float = 1e-3, chunk: int = 128) -> float:
     """Tunes the final RMSNorm's gain in place so that the logits of the quantized output
-    projection `weight` on the quantized model's last hidden states (`hidden`, one tensor per
-    sequence) come close to the float model's: KL(float || quantized) over the vocabulary.
-    The gain rescales every input channel of the output projection, so it absorbs part of the
-    error the blocks' norms cannot reach: the output projection's own (measured in
-    docs/BENCHMARKS.md). `target_logits(k)` gives the float logits of sequence k (computed on
-    demand: 64 sequences of float logits would take gigabytes). Returns KL after over before, on
-    the first REPORTED sequences."""
+    projection `weight` on the quantized model's last hidden states (`hidden`, one (..., tokens,
+    dim) tensor per sequence) come close to the target logits: KL(target || quantized) over the
+    vocabulary. The gain rescales every input channel of the output projection, so it absorbs
+    part of the error the blocks' norms cannot reach: the output projection's own.
+    `target_logits(k, rows)` gives the target logits of tokens `rows` (a slice) of sequence k.
+    Each step takes one sequence, `chunk` tokens at a time (gradients add up), so memory holds a
+    few chunk x vocabulary tensors, not a whole sequence's. Returns KL after over before, on the
+    first REPORTED sequences."""
     gain = getattr(norm, "weight", None)
     if steps <= 0 or not isinstance(gain, torch.nn.Parameter) or not hidden:
         return 1.0
     opt = torch.optim.Adam([gain], lr=lr)
 
-    def kl_of(k: int) -> torch.Tensor:
-        logq = torch.log_softmax(norm(hidden[k]) @ weight.T, dim=-1)
-        with torch.no_grad():
-            logp = torch.log_softmax(target_logits(k), dim=-1)
-        return torch.nn.functional.kl_div(logq.flatten(0, -2), logp.flatten(0, -2), log_target=True,
-                                          reduction="batchmean")
+    def kl_of(k: int, backward: bool) -> float:
+        h = hidden[k].reshape(-1, hidden[k].shape[-1])
+        total = 0.0
+        for r in range(0, h.shape[0], chunk):
+            rows = slice(r, min(r + chunk, h.shape[0]))
+            logq = torch.log_softmax(norm(h[rows]) @ weight.T, dim=-1)
+            with torch.no_grad():
+                logp = torch.log_softmax(target_logits(k, rows).reshape(logq.shape), dim=-1)
+            # summed over the vocabulary, averaged over the sequence's tokens
+            kl = torch.nn.functional.kl_div(logq, logp, log_target=True, reduction="sum") / h.shape[0]
+            if backward:
+                kl.backward()
+            total += float(kl)
+        return total
 
     was = gain.requires_grad
     gain.requires_grad_(True)
     try:
         with torch.no_grad():
-            before = sum(float(kl_of(k)) for k in range(min(REPORTED, len(hidden))))
+            before = sum(kl_of(k, False) for k in range(min(REPORTED, len(hidden))))
         for step in range(steps):
             opt.zero_grad()
-            kl_of(step % len(hidden)).backward()
+            kl_of(step % len(hidden), True)
             opt.step()
         with torch.no_grad():
-            after = sum(float(kl_of(k)) for k in range(min(REPORTED, len(hidden))))
+            after = sum(kl_of(k, False) for k in range(min(REPORTED, len(hidden))))
     finally:
+        gain.grad = None
         gain.requires_grad_(was)
     return after / before if before > 0 else 1.0
