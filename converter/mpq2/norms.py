@@ -85,7 +85,7 @@ def tune_output(norm: torch.nn.Module, weight: torch.Tensor, hidden: list[torch.
             kl = torch.nn.functional.kl_div(logq, logp, log_target=True, reduction="sum") / h.shape[0]
             if backward:
                 kl.backward()
-            total += float(kl)
+            total += float(kl.detach())
         return total
 
     was = gain.requires_grad
