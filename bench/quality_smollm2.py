@@ -162,6 +162,7 @@ VARIANTS = [
     # calibration size: today's defaults with twice the sequences (the paper: 128 x 2048)
     ("mpq2r-calib128", "convert", ["--nsamples", "128"]),
     ("mpq2r-embd-q8_0", "convert", ["--output-type", "q8_0", "--no-tune-output-norm"]),
+    ("mpq2r-embd-q8_0-out", "convert", ["--output-type", "q8_0", "--tune-output-norm"]),
     ("mpq2r-embd-q5_0", "convert", ["--output-type", "q5_0"]),
     ("mpq2r-embd-q4_0", "convert", ["--output-type", "q4_0"]),
     ("q2_k", "quantize", ("Q2_K", True, True)),
