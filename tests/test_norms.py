@@ -78,6 +78,7 @@ def test_output_norm_tuning_brings_the_logits_back():
         h = hidden[k].reshape(-1, 128)[rows]
         return torch.nn.functional.rms_norm(h, (128,), gain_before, norm.variance_epsilon) @ w_float.T
 
+    @torch.no_grad()
     def kl():
         return sum(float(torch.nn.functional.kl_div(torch.log_softmax(norm(h.reshape(-1, 128)) @ w_q.T, -1),
                                                     torch.log_softmax(float_logits(k), -1),
