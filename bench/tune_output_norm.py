@@ -67,12 +67,8 @@ def main() -> None:
     print(f"loaded {len(sd)} tensors from {args.gguf}; not in the file: {missing.missing_keys}", file=sys.stderr)
     hidden = last_hidden(model, seqs)
 
-    @torch.no_grad()
-    def float_logits(k: int, rows: slice) -> torch.Tensor:
-        h = target_hidden[k]
-        return norm_float(h.reshape(-1, h.shape[-1])[rows]) @ w_float.T
-
-    ratio = norms.tune_output(model.model.norm, model.lm_head.weight.detach(), hidden, float_logits, args.steps)
+    ratio = norms.tune_output(model.model.norm, model.lm_head.weight.detach(), hidden,
+                              norms.float_logits_of(norm_float, w_float, [(h,) for h in target_hidden]), args.steps)
     print(f"final norm tuned: KL divergence to the float logits x{ratio:.3f}", file=sys.stderr)
     reader = gguf.GGUFReader(args.gguf)
     ftype = int(reader.fields["general.file_type"].parts[-1][0])

@@ -341,16 +341,10 @@ def convert(args: argparse.Namespace) -> list[Row]:
             # toward the float model's logits (--norm-target model) or toward the float output
             # projection's on the quantized model's hidden states (block)
             say("convert_mpq: tuning the final norm's gain")
-            w_float, norm_float = float_out["weight"], copy.deepcopy(model.model.norm)
-            ftail = finputs if finputs is not None else inputs
-
-            @torch.no_grad()
-            def float_logits(k: int, rows: slice) -> torch.Tensor:
-                h = ftail[k][0]
-                return norm_float(h.reshape(-1, h.shape[-1])[rows]) @ w_float.T
-
+            target = norms.float_logits_of(copy.deepcopy(model.model.norm), float_out["weight"],
+                                           finputs if finputs is not None else inputs)
             ratio = norms.tune_output(model.model.norm, params[out_hf].detach().float(), [hs for hs, _, _ in inputs],
-                                      float_logits, args.tune_norms)
+                                      target, args.tune_norms)
             say(f"convert_mpq: final norm tuned: KL divergence to the target logits x{ratio:.3f}")
             replacements[gguf_name("model.norm.weight")] = gguf_out.Replacement(
                 model.model.norm.weight.detach().float().numpy().copy(), gguf.GGMLQuantizationType.F32)

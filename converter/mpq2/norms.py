@@ -103,3 +103,13 @@ def tune_output(norm: torch.nn.Module, weight: torch.Tensor, hidden: list[torch.
         gain.grad = None
         gain.requires_grad_(was)
     return after / before if before > 0 else 1.0
+
+
+def float_logits_of(norm: torch.nn.Module, weight: torch.Tensor, hidden: list[tuple]):
+    """The `target_logits` of tune_output for a float final norm and output projection on the
+    last hidden states `hidden` (capture's (hidden, args, kwargs) tuples)."""
+    @torch.no_grad()
+    def logits(k: int, rows: slice) -> torch.Tensor:
+        h = hidden[k][0]
+        return norm(h.reshape(-1, h.shape[-1])[rows]) @ weight.T
+    return logits
