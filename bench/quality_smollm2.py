@@ -82,7 +82,8 @@ def convert_mpq(name: str, f16: Path, train: Path, extra: list[str]) -> tuple[Pa
     seconds = 0.0
     if not out.exists():
         t0 = time.time()
-        run([sys.executable, CONVERT, f16, "-o", out, "--calib-file", train, "--quiet", *extra])  # writes atomically
+        run([sys.executable, CONVERT, f16, "-o", out, "--calib-file", train, "--quiet", "--threads", THREADS,
+             *extra])  # writes atomically
         seconds = time.time() - t0
     return out, seconds
 
@@ -131,7 +132,30 @@ def file_bpw(path: Path) -> dict:
             q_w += n
             q_b += int(t.n_bytes)
     return {"size_mb": path.stat().st_size / 1e6, "bpw_file": 8 * total_b / total_w, "bpw_2d": 8 * q_b / q_w,
-            "types_2d": types}
+            "types_2d": types, **int8_share(r)}
+
+
+def int8_share(reader) -> dict:
+    """The share of MPQ2/MPQ2R words that hold int8 means (bitmap bits set): what the salient
+    fraction changes in a file, since both kinds of word cost 32 bits."""
+    import numpy as np
+    words = int8 = 0
+    for t in reader.tensors:
+        if t.tensor_type.name not in ("MPQ2", "MPQ2R"):
+            continue
+        meta = np.frombuffer(t.data.tobytes(), dtype="<u2").reshape(-1, 10)[:, 0]   # 20-byte blocks, meta first
+        words += 4 * meta.size
+        int8 += int(np.unpackbits((meta & 0xF).astype(np.uint8)).sum())
+    return {"int8_word_share": int8 / words} if words else {}
+
+
+def save(out: Path, name: str, rec: dict) -> None:
+    """Merge one record into the JSON on disk: two runs of this script may share one file."""
+    results = json.loads(out.read_text()) if out.exists() else {}
+    results[name] = rec
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(out)
 
 
 VARIANTS = [
@@ -149,6 +173,13 @@ VARIANTS = [
     ("mpq2-quantize-imat", "quantize", ("MPQ2", True, True)),
     # MPQ2R: the same blocks of weights turned by a fixed 64-point rotation (docs/FORMAT.md)
     ("mpq2r-notune", "convert", ["--type", "mpq2r", "--tune-norms", "0"]),
+    # salient fractions on the same base (no norm tuning, to keep the runs short): every file is
+    # 2.5 bpw; the fraction bounds the words the gate may make int8, --all-2bit allows none
+    ("mpq2r-all2bit", "convert", ["--type", "mpq2r", "--tune-norms", "0", "--all-2bit"]),
+    ("mpq2r-sal0.25", "convert", ["--type", "mpq2r", "--tune-norms", "0", "--salient-fraction", "0.25"]),
+    ("mpq2r-sal1", "convert", ["--type", "mpq2r", "--tune-norms", "0", "--salient-fraction", "1"]),
+    # the converter's defaults, nothing asked for
+    ("mpq2r-default", "convert", []),
     ("mpq2r-tn64", "convert", ["--type", "mpq2r", "--tune-norms", "64"]),
     ("mpq2r-tn64-model", "convert", ["--type", "mpq2r", "--tune-norms", "64", "--norm-target", "model", "--embd-first",
                                      "--no-tune-output-norm"]),
@@ -204,7 +235,7 @@ def main() -> None:
         if name in results and done.exists():
             # measured at -c 512 already (the file is the one measured): add the -c 2048 column only
             results[name]["ppl_2048"] = perplexity(done, test, 2048)["ppl"]
-            args.out.write_text(json.dumps(results, indent=1))
+            save(args.out, name, results[name])
             print(f"{name}: ppl_2048 {results[name]['ppl_2048']}", file=sys.stderr, flush=True)
             continue
         rec = {"how": how}
@@ -231,7 +262,7 @@ def main() -> None:
         if args.ctx2048:
             rec["ppl_2048"] = perplexity(path, test, 2048)["ppl"]
         results[name] = rec
-        args.out.write_text(json.dumps(results, indent=1))
+        save(args.out, name, rec)
         print(f"{name}: {rec}", file=sys.stderr, flush=True)
     print_table(results)
     if args.plot:
