@@ -21,12 +21,9 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
-from e2e_helpers import dequantized_state_dict  # noqa: E402
-
-from mpq2 import calibration, gguf_out, norms  # noqa: E402
-from mpq2.convert import _load  # noqa: E402
+from mpq2 import calibration, gguf_out, norms
+from mpq2.convert import _load
+from mpq2.gguf_in import dequantized_state_dict
 
 
 @torch.no_grad()

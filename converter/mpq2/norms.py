@@ -31,30 +31,15 @@ def tune(block: torch.nn.Module, inputs: list[tuple], targets: list[tuple], step
     norms = list(block_norms(block).values())
     if steps <= 0 or not norms or not inputs:
         return 1.0
-    grads = {p: p.requires_grad for p in block.parameters()}
-    for p in block.parameters():
-        p.requires_grad_(False)
-    for p in norms:
-        p.requires_grad_(True)
-    opt = torch.optim.Adam(norms, lr=lr)
 
-    def loss_of(k: int) -> torch.Tensor:
+    def loss(k: int, backward: bool) -> float:
         hs, args, kwargs = inputs[k]
-        return torch.nn.functional.mse_loss(capture.hidden(block(hs, *args, **kwargs)), targets[k][0])
+        err = torch.nn.functional.mse_loss(capture.hidden(block(hs, *args, **kwargs)), targets[k][0])
+        if backward:
+            err.backward()
+        return float(err.detach())
 
-    try:
-        with torch.no_grad():
-            before = sum(float(loss_of(k)) for k in range(min(REPORTED, len(inputs))))
-        for step in range(steps):
-            opt.zero_grad()
-            loss_of(step % len(inputs)).backward()
-            opt.step()
-        with torch.no_grad():
-            after = sum(float(loss_of(k)) for k in range(min(REPORTED, len(inputs))))
-    finally:
-        for p, g in grads.items():
-            p.requires_grad_(g)
-    return after / before if before > 0 else 1.0
+    return _descend(norms, list(block.parameters()), loss, len(inputs), steps, lr)
 
 
 def tune_output(norm: torch.nn.Module, weight: torch.Tensor, hidden: list[torch.Tensor],
@@ -71,7 +56,6 @@ def tune_output(norm: torch.nn.Module, weight: torch.Tensor, hidden: list[torch.
     gain = getattr(norm, "weight", None)
     if steps <= 0 or not isinstance(gain, torch.nn.Parameter) or not hidden:
         return 1.0
-    opt = torch.optim.Adam([gain], lr=lr)
 
     def kl_of(k: int, backward: bool) -> float:
         h = hidden[k].reshape(-1, hidden[k].shape[-1])
@@ -88,20 +72,35 @@ def tune_output(norm: torch.nn.Module, weight: torch.Tensor, hidden: list[torch.
             total += float(kl.detach())
         return total
 
-    was = gain.requires_grad
-    gain.requires_grad_(True)
+    return _descend([gain], list(norm.parameters()), kl_of, len(hidden), steps, lr)
+
+
+def _descend(params: list[torch.nn.Parameter], others: list[torch.nn.Parameter], loss, n: int,
+             steps: int, lr: float) -> float:
+    """Adam on `params` alone (`others` frozen meanwhile; every flag restored after), one of the
+    n calibration sequences per step: `loss(k, backward)` returns sequence k's loss as a float,
+    after backpropagating it when asked. Returns the loss after over before, summed over the
+    first REPORTED sequences."""
+    flags = {p: p.requires_grad for p in (*others, *params)}
+    for p in others:
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr)
     try:
         with torch.no_grad():
-            before = sum(kl_of(k, False) for k in range(min(REPORTED, len(hidden))))
+            before = sum(loss(k, False) for k in range(min(REPORTED, n)))
         for step in range(steps):
             opt.zero_grad()
-            kl_of(step % len(hidden), True)
+            loss(step % n, True)
             opt.step()
         with torch.no_grad():
-            after = sum(kl_of(k, False) for k in range(min(REPORTED, len(hidden))))
+            after = sum(loss(k, False) for k in range(min(REPORTED, n)))
     finally:
-        gain.grad = None
-        gain.requires_grad_(was)
+        for p in params:
+            p.grad = None
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
     return after / before if before > 0 else 1.0
 
 
