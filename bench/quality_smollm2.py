@@ -190,7 +190,8 @@ VARIANTS = [
     ("mpq2r-quantize-imat", "quantize", ("MPQ2R", True, True)),
     # today's defaults with the tied embedding/output at a llama.cpp type: more bytes, still fewer
     # than llama.cpp's "2-bit" files of this model (which fall back to 4-bit types)
-    # calibration size: today's defaults with twice the sequences (the paper: 128 x 2048)
+    # calibration size: the defaults (64 x 512) with half and twice the sequences (the paper: 128 x 2048)
+    ("mpq2r-calib32", "convert", ["--nsamples", "32"]),
     ("mpq2r-calib128", "convert", ["--nsamples", "128"]),
     ("mpq2r-embd-q8_0", "convert", ["--output-type", "q8_0", "--no-tune-output-norm"]),
     ("mpq2r-embd-q8_0-out", "convert", ["--output-type", "q8_0", "--tune-output-norm"]),
