@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mpq2 import codec
-from mpq2.gptq import MPQ2GPTQ, QuantConfig, salience_scores, select_bitmap
+from mpq2.gptq import MPQ2GPTQ, QuantConfig, gate_salient, salience_scores, select_bitmap
 
 
 def layer(rows=128, cols=256, seed=0):
@@ -93,6 +93,22 @@ def test_gate_keeps_int8_words_only_where_they_help():
     ungated = q.fasterquant(W, QuantConfig(salient_fraction=0.5, gate=False))
     assert ungated.n_salient == 32 * 8 // 2
     assert gated.rel_output_error < ungated.rel_output_error
+
+
+def test_gate_decides_each_candidate_as_it_would_among_all_words():
+    # the gate fits only the candidates (for speed): each candidate's verdict must be the one it
+    # gets when every word is fitted, and no word outside the candidates may pass
+    _, W = layer(rows=64, cols=128, seed=5)
+    runs = torch.repeat_interleave(torch.randn(64, 32), 4, dim=1)        # words of 4 constant runs
+    pick = torch.rand(64, 8, generator=torch.Generator().manual_seed(1)) < 0.3
+    W = torch.where(torch.repeat_interleave(pick, 16, dim=1), runs, W).numpy()
+    importance = np.linspace(0.5, 2.0, 128, dtype=np.float32)
+    every = gate_salient(W, importance, np.ones((64, 8), bool))
+    cand = np.random.default_rng(2).random((64, 8)) < 0.5
+    got = gate_salient(W, importance, cand)
+    assert every.sum() >= pick.sum() // 2 and (got & cand).sum() > 0
+    np.testing.assert_array_equal(got, every & cand)
+    assert not gate_salient(W, importance, np.zeros((64, 8), bool)).any()
 
 
 def test_rejects_rows_that_are_not_a_multiple_of_64():
