@@ -178,8 +178,10 @@ VARIANTS = [
     ("mpq2r-all2bit", "convert", ["--type", "mpq2r", "--tune-norms", "0", "--all-2bit"]),
     ("mpq2r-sal0.25", "convert", ["--type", "mpq2r", "--tune-norms", "0", "--salient-fraction", "0.25"]),
     ("mpq2r-sal1", "convert", ["--type", "mpq2r", "--tune-norms", "0", "--salient-fraction", "1"]),
-    # the converter's defaults, nothing asked for
+    # the converter's defaults, nothing asked for; and with other calibration sequences (the
+    # spread between two such files is the noise floor of every comparison of conversions)
     ("mpq2r-default", "convert", []),
+    ("mpq2r-seed1", "convert", ["--seed", "1"]),
     ("mpq2r-tn64", "convert", ["--type", "mpq2r", "--tune-norms", "64"]),
     ("mpq2r-tn64-model", "convert", ["--type", "mpq2r", "--tune-norms", "64", "--norm-target", "model", "--embd-first",
                                      "--no-tune-output-norm"]),
