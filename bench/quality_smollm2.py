@@ -284,23 +284,35 @@ def print_table(results: dict) -> None:
 
 
 def plot(results: dict, png: Path) -> None:
+    """PPL (log) against bits per weight, one numbered mark per file and the key beside the plot:
+    many conversions share 2.574 bpw, where names written at the marks would overlap."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, (ax, key) = plt.subplots(1, 2, figsize=(12, 6), gridspec_kw={"width_ratios": [3, 2]})
+    rows = sorted(((n, r) for n, r in results.items() if r["how"] != "ref" and r.get("ppl_512")),
+                  key=lambda nr: (nr[1]["bpw_2d"], nr[1]["ppl_512"]))
     for name, r in results.items():
         if r["how"] == "ref":
             ax.axhline(r["ppl_512"], color="gray", ls="--", lw=1)
-            ax.text(2.0, r["ppl_512"] * 1.02, "F16", color="gray")
-            continue
+            ax.text(0.01, r["ppl_512"] * 1.03, "F16", color="gray", transform=ax.get_yaxis_transform())
+    lines = []
+    for i, (name, r) in enumerate(rows, 1):
         mark = "o" if r["how"] == "convert" else "s"
         color = "tab:red" if name.startswith("mpq2") else "tab:blue"
-        ax.scatter(r["bpw_2d"], r["ppl_512"], marker=mark, color=color)
-        ax.annotate(name, (r["bpw_2d"], r["ppl_512"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        ax.scatter(r["bpw_2d"], r["ppl_512"], marker=mark, color=color, s=18)
+        # alternate sides so that marks at the same bpw keep readable numbers
+        ax.annotate(str(i), (r["bpw_2d"], r["ppl_512"]), textcoords="offset points",
+                    xytext=(5 if i % 2 else -12, 0), fontsize=7, va="center", color=color)
+        lines.append(f"{i:2d}  {name:<22s} {r['bpw_2d']:.2f} bpw  PPL {r['ppl_512']:.1f}")
     ax.set_yscale("log")
     ax.set_xlabel("bits per weight (2D tensors, whole file mix)")
     ax.set_ylabel("PPL, PTB test, -c 512 (log)")
     ax.set_title("SmolLM2-135M-Instruct: quality against size")
+    key.axis("off")
+    key.text(0, 1, "\n".join(lines), family="monospace", fontsize=7, va="top",
+             transform=key.transAxes)
+    key.set_title("red: MPQ2/MPQ2R, blue: llama.cpp types; o converter, s llama-quantize", fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
 
