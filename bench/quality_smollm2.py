@@ -283,6 +283,9 @@ def print_table(results: dict) -> None:
               f"{r.get('kld_512', 0):.4f} | {p2} | {fb} |")
 
 
+PLOT_TOP = 1e4
+
+
 def plot(results: dict, png: Path) -> None:
     """PPL (log) against bits per weight, one numbered mark per file and the key beside the plot:
     many conversions share 2.574 bpw, where names written at the marks would overlap."""
@@ -300,19 +303,22 @@ def plot(results: dict, png: Path) -> None:
     for i, (name, r) in enumerate(rows, 1):
         mark = "o" if r["how"] == "convert" else "s"
         color = "tab:red" if name.startswith("mpq2") else "tab:blue"
-        ax.scatter(r["bpw_2d"], r["ppl_512"], marker=mark, color=color, s=18)
+        y = min(r["ppl_512"], PLOT_TOP)        # a broken model (Q2_0: 2e8) would squash the rest
+        ax.scatter(r["bpw_2d"], y, marker=mark if y == r["ppl_512"] else "^", color=color, s=18)
         # alternate sides so that marks at the same bpw keep readable numbers
-        ax.annotate(str(i), (r["bpw_2d"], r["ppl_512"]), textcoords="offset points",
+        ax.annotate(str(i), (r["bpw_2d"], y), textcoords="offset points",
                     xytext=(5 if i % 2 else -12, 0), fontsize=7, va="center", color=color)
         lines.append(f"{i:2d}  {name:<22s} {r['bpw_2d']:.2f} bpw  PPL {r['ppl_512']:.1f}")
     ax.set_yscale("log")
+    ax.set_ylim(top=PLOT_TOP * 1.5)
     ax.set_xlabel("bits per weight (2D tensors, whole file mix)")
     ax.set_ylabel("PPL, PTB test, -c 512 (log)")
     ax.set_title("SmolLM2-135M-Instruct: quality against size")
     key.axis("off")
     key.text(0, 1, "\n".join(lines), family="monospace", fontsize=7, va="top",
              transform=key.transAxes)
-    key.set_title("red: MPQ2/MPQ2R, blue: llama.cpp types; o converter, s llama-quantize", fontsize=8)
+    key.set_title("red: MPQ2/MPQ2R, blue: llama.cpp types; o converter, s llama-quantize,\n"
+                  f"^ off the scale (PPL above {PLOT_TOP:.0e})", fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
 
