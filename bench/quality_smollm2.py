@@ -197,6 +197,7 @@ VARIANTS = [
     ("mpq2r-calib128", "convert", ["--nsamples", "128"]),
     ("mpq2r-embd-q8_0", "convert", ["--output-type", "q8_0", "--no-tune-output-norm"]),
     ("mpq2r-embd-q8_0-out", "convert", ["--output-type", "q8_0", "--tune-output-norm"]),
+    ("mpq2r-embd-q8_0-seed1", "convert", ["--output-type", "q8_0", "--seed", "1"]),   # its noise floor
     ("mpq2r-embd-q5_0", "convert", ["--output-type", "q5_0"]),
     ("mpq2r-embd-q4_0", "convert", ["--output-type", "q4_0"]),
     ("q2_k", "quantize", ("Q2_K", True, True)),
