@@ -138,15 +138,10 @@ def file_bpw(path: Path) -> dict:
 def int8_share(reader) -> dict:
     """The share of MPQ2/MPQ2R words that hold int8 means (bitmap bits set): what the salient
     fraction changes in a file, since both kinds of word cost 32 bits."""
-    import numpy as np
-    words = int8 = 0
-    for t in reader.tensors:
-        if t.tensor_type.name not in ("MPQ2", "MPQ2R"):
-            continue
-        meta = np.frombuffer(t.data.tobytes(), dtype="<u2").reshape(-1, 10)[:, 0]   # 20-byte blocks, meta first
-        words += 4 * meta.size
-        int8 += int(np.unpackbits((meta & 0xF).astype(np.uint8)).sum())
-    return {"int8_word_share": int8 / words} if words else {}
+    from mpq2.codec import split_fields
+    bitmaps = [split_fields(t.data)["bitmap"] for t in reader.tensors if t.tensor_type.name in ("MPQ2", "MPQ2R")]
+    words = sum(b.size for b in bitmaps)
+    return {"int8_word_share": sum(int(b.sum()) for b in bitmaps) / words} if words else {}
 
 
 def save(out: Path, name: str, rec: dict) -> None:
