@@ -28,15 +28,17 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 @torch.no_grad()
-def first_block_inputs(model: nn.Module, seqs: torch.Tensor) -> list[tuple]:
-    """Runs the embeddings once per sequence and keeps what the first block receives."""
+def first_block_inputs(model: nn.Module, embeds: torch.Tensor) -> list[tuple]:
+    """Runs the model's own forward on the token embeddings (n, L, dim), one sequence at a time,
+    and keeps what the first block receives (hidden states, mask, rotary embeddings, ...).
+    Nothing past the first block runs, so the skeleton's other blocks may stay empty."""
     layers = decoder_layers(model)
     store: list = []
     layers[0] = _Catcher(layers[0], store)
     try:
-        for row in seqs:
+        for row in embeds:
             try:
-                model(row[None], use_cache=False)
+                model.model(inputs_embeds=row[None], use_cache=False)
             except _Stop:
                 pass
     finally:
@@ -60,9 +62,34 @@ def run_block(block: nn.Module, inputs: list[tuple]) -> list[tuple]:
     return outs
 
 
+def shared_inputs(block: nn.Module, first: tuple) -> list[list[str]]:
+    """The block's linear layers grouped by the input they receive (q/k/v share the normed
+    hidden states, gate/up the post-attention ones): one Hessian serves each group. Found by
+    running one input through the block and comparing the tensors the layers see."""
+    mods = linear_modules(block)
+    seen: list[tuple[str, torch.Tensor]] = []
+    hooks = [m.register_forward_hook(lambda m, i, o, n=name: seen.append((n, i[0]))) for name, m in mods.items()]
+    try:
+        with torch.no_grad():
+            hs, args, kwargs = first
+            block(hs, *args, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    groups: list[tuple[torch.Tensor, list[str]]] = []
+    for name, x in seen:
+        for t, names in groups:
+            if t is x:
+                names.append(name)
+                break
+        else:
+            groups.append((x, [name]))
+    return [names for _, names in groups]
+
+
 @torch.no_grad()
 def collect(block: nn.Module, inputs: list[tuple], sinks: dict[str, Callable[[torch.Tensor], None]]) -> None:
-    """Feeds every input through the block, handing each linear layer's input to its sink."""
+    """Feeds every input through the block, handing each named linear layer's input to its sink."""
     mods = linear_modules(block)
     hooks = [mods[name].register_forward_hook(lambda m, i, o, f=fn: f(i[0])) for name, fn in sinks.items()]
     try:

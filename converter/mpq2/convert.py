@@ -3,28 +3,17 @@ int8-mean salient words and GPTQ-compensated 2-bit words (docs/CONVERTER.md)."""
 from __future__ import annotations
 
 import argparse
-import copy
+import json
 import re
 import resource
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
+from .errors import ConvertError
+from .pipeline import SUPPORTED, Result, convert
 
-SUPPORTED = {
-    "LlamaForCausalLM": "Llama, SmolLM, TinyLlama, ...",
-    "MistralForCausalLM": "Mistral",
-    "Qwen2ForCausalLM": "Qwen2, Qwen2.5",
-    "Qwen3ForCausalLM": "Qwen3",
-}
-GGUF_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
-
-
-class ConvertError(Exception):
-    """A problem with the user's input, reported without a traceback."""
+__all__ = ["ConvertError", "convert", "main", "parse_args"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,7 +28,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("model", type=Path, help="Hugging Face model directory (config.json, safetensors, tokenizer) "
                                             "or a GGUF file (F32/F16/BF16/Q8_0/Q4_x), read through transformers")
     p.add_argument("-o", "--outfile", type=Path, required=True, help="output GGUF")
-    p.add_argument("--force", action="store_true", help="overwrite --outfile if it exists")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite --outfile if it exists, and discard an interrupted run's state instead of resuming it")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a run that was stopped (Ctrl-C, SIGTERM, a crash) from its last finished block; "
+                        "the state is kept beside the output in OUTFILE.mpq2-resume/ and needs the same options")
     g = p.add_argument_group("calibration")
     g.add_argument("--calib-file", type=Path, action="append",
                    help="calibration text file (repeatable; default: a short text shipped with the converter)")
@@ -91,18 +84,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="override the type of GGUF tensors whose name matches REGEX, e.g. 'attn_v=q8_0' (repeatable)")
     g.add_argument("--fallback-type", default="q8_0",
                    help="type for weights whose rows are not a multiple of 64 (default q8_0)")
+    p.add_argument("--device", default="auto",
+                   help="where the heavy work runs: auto (default: cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--report", type=Path, default=None, metavar="FILE.json",
+                   help="write wall time, peak RSS and the time per block to FILE.json")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
-
-
-@dataclass
-class Row:
-    name: str
-    type: str
-    k: str
-    bpw: float
-    rel_err: str
 
 
 def _check_types(args) -> list[tuple[re.Pattern, str]]:
@@ -132,242 +120,72 @@ def _check_types(args) -> list[tuple[re.Pattern, str]]:
     return overrides
 
 
-def _input_kind(path: Path) -> str:
-    if not path.exists():
-        raise ConvertError(f"{path}: no such file or directory")
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ConvertError(f"{path} is not a Hugging Face model directory (no config.json)")
-        if not list(path.glob("*.safetensors")):
-            raise ConvertError(f"{path} has no *.safetensors weights (convert .bin checkpoints to safetensors first)")
-        return "hf"
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise ConvertError(f"{path} is neither a model directory nor a GGUF file")
-    return "gguf"
+# Options that do not change the output's bytes, left out of a run's fingerprint (resume.py).
+NOT_FINGERPRINTED = {"resume", "force", "quiet", "threads", "report", "outfile"}
 
 
-def _load(path: Path, kind: str):
+def resolve_device(name: str):
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    kw = {} if kind == "hf" else {"gguf_file": path.name}
-    src = path if kind == "hf" else path.parent
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
     try:
-        config = AutoConfig.from_pretrained(src, **kw)
-    except Exception as e:  # noqa: BLE001 - transformers raises many kinds
-        raise ConvertError(f"{path}: cannot read the model configuration: {e}") from e
-    archs = getattr(config, "architectures", None) or []
-    if kind == "hf" and not any(a in SUPPORTED for a in archs):
-        raise ConvertError(f"{path}: architecture {', '.join(archs) or config.model_type} is not supported; "
-                           f"supported: {', '.join(SUPPORTED)}")
-    if kind == "gguf" and config.model_type not in GGUF_MODEL_TYPES:
-        raise ConvertError(f"{path}: architecture {config.model_type} is not supported; supported: {', '.join(sorted(GGUF_MODEL_TYPES))}")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, **kw)
-        tokenizer = AutoTokenizer.from_pretrained(src, **kw)
-    except Exception as e:  # noqa: BLE001
-        raise ConvertError(f"{path}: cannot load the model: {type(e).__name__}: {e}") from e
-    model.eval()
-    return model, tokenizer
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ConvertError(f"--device {name!r}: {e}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConvertError(f"--device {name}: this torch has no CUDA device (torch {torch.__version__}); use --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConvertError(f"--device {name}: MPS is not available here; use --device cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConvertError(f"--device {name}: choose auto, cpu, cuda or mps")
+    return dev
 
 
-def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """llama.cpp's Q/K row permutation for rope (convert_hf_to_gguf's LlamaModel.permute)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def _row_order(template_values: np.ndarray, hf_weight: np.ndarray, n_head: int) -> np.ndarray | None:
-    """The row permutation llama.cpp applied to this tensor, found by comparing with its export:
-    None (as is) or an index array."""
-    idx = _permute(np.arange(hf_weight.shape[0]), n_head)
-    plain = np.abs(template_values - hf_weight).mean()
-    permuted = np.abs(template_values - hf_weight[idx]).mean()
-    return idx if permuted < plain else None
-
-
-def convert(args: argparse.Namespace) -> list[Row]:
-    import gguf
+def options(args: argparse.Namespace) -> argparse.Namespace:
+    """The checked options, with what the stages need derived once: the per-tensor overrides,
+    the GPTQ configuration, the device and the run's fingerprint."""
     import torch
-    from tqdm import tqdm
 
-    from . import calibration, capture, gguf_out, norms
-    from .format import BITS_PER_WEIGHT, FTYPE, FTYPE_R
-    from .gguf_out import OUR_TYPES
-    from .gptq import MPQ2GPTQ, QuantConfig
-
-    overrides = _check_types(args)
-    kind = _input_kind(args.model)
+    from .gptq import QuantConfig
+    args.overrides = _check_types(args)
+    args.model = Path(args.model)
+    from . import gguf_out
     gguf_out.check_output_path(args.outfile, args.force)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = QuantConfig(salient_fraction=0.0 if args.all_2bit else args.salient_fraction, salience=args.salience,
-                      method=args.method, block_size=args.block_size, percdamp=args.percdamp,
-                      act_order=args.act_order, gate=not args.no_gate)
-    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
-
-    with tempfile.TemporaryDirectory(prefix=".mpq2-", dir=args.outfile.parent) as work:
-        say(f"convert_mpq: loading {args.model}")
-        model, tokenizer = _load(args.model, kind)
-        template_path = gguf_out.export_template(args.model, Path(work)) if kind == "hf" else args.model
-        reader = gguf.GGUFReader(template_path)
-        template = {t.name: t for t in reader.tensors}
-        arch = gguf_out.arch_of(reader)
-        arch_enum = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[arch]
-        n_blocks = model.config.num_hidden_layers
-        names = gguf.get_tensor_name_map(arch_enum, n_blocks)
-        n_head = model.config.num_attention_heads
-        n_kv = getattr(model.config, "num_key_value_heads", None) or n_head
-        attn_v_type = args.attn_v_type if args.attn_v_type != "auto" else ("q5_0" if n_kv < n_head else args.type)
-
-        def gguf_name(hf_name: str) -> str:
-            name = names.get_name(hf_name, try_suffixes=(".weight",))
-            if name is None or name not in template:
-                raise ConvertError(f"tensor {hf_name}: no matching tensor in llama.cpp's export ({name})")
-            return name
-
-        def type_for(name: str, cols: int, default: str) -> str:
-            typ = default
-            for pat, t in overrides:
-                if pat.search(name):
-                    typ = t
-            if not gguf_out.fits(typ, cols):
-                say(f"convert_mpq: {name}: rows of {cols} are not a multiple of the {typ} block; using {args.fallback_type}")
-                typ = args.fallback_type if gguf_out.fits(args.fallback_type, cols) else "f16"
-            return typ
-
-        for hf_name, p in model.named_parameters():
-            if not torch.isfinite(p).all():
-                raise ConvertError(f"tensor {hf_name} of {args.model} holds NaN or Inf values; the checkpoint is damaged")
-
-        seqs = calibration.calibration_batch(tokenizer, args.calib_file, args.nsamples, args.seqlen, args.seed)
-        say(f"convert_mpq: calibration {seqs.shape[0]} x {seqs.shape[1]} tokens")
-        replacements: dict[str, gguf_out.Replacement] = {}
-        rows: list[Row] = []
-        norm_ratios: list[float] = []
-        params = dict(model.named_parameters())
-        tied = "output.weight" not in template
-        out_hf = "model.embed_tokens.weight" if tied else "lm_head.weight"
-        out_name = "token_embd.weight" if tied else "output.weight"
-        out_type = type_for(out_name, params[out_hf].shape[1], args.output_type)
-
-        tune_out = args.tune_norms > 0 and args.tune_output_norm
-        float_out: dict[str, torch.Tensor] = {}   # the float output projection, for the final norm's tuning
-
-        def encode_output(final_hidden) -> None:
-            """The output projection, a linear layer too: GPTQ on the final normed hidden states.
-            With tied embeddings the same matrix is the token embedding; the model continues
-            with the decoded weights."""
-            out_w = params[out_hf].detach().float()
-            if tune_out:    # keeps the float values alive (the parameter gets new data below): no copy
-                float_out["weight"] = out_w
-            if out_type in OUR_TYPES:
-                g = MPQ2GPTQ(out_w)
-                for hs in final_hidden:
-                    g.add_batch(hs)
-                res = g.fasterquant(out_w, replace(cfg, rotate=out_type == "mpq2r"))
-                replacements[out_name] = gguf_out.Replacement(res.packed, OUR_TYPES[out_type][0])
-                rows.append(Row(out_name, out_type, f"{res.n_salient}/{res.n_words}", BITS_PER_WEIGHT, f"{res.rel_output_error:.4f}"))
-                decoded = res.weight
-            else:
-                data, qtype = gguf_out.encode(out_w.numpy(), out_type)
-                replacements[out_name] = gguf_out.Replacement(data, qtype)
-                rows.append(Row(out_name, out_type, "-", data.nbytes * 8 / out_w.numel(), "-"))
-                decoded = torch.from_numpy(gguf_out.decode(data, qtype, out_w.shape))
-            params[out_hf].data = decoded.reshape(out_w.shape).to(params[out_hf].dtype)
-
-        inputs = capture.first_block_inputs(model, seqs)
-        # the float model's own trajectory, kept only where the norm tuning aims at it
-        finputs = inputs if args.tune_norms and args.norm_target == "model" else None
-        embd_first = args.embd_first and tied
-        if embd_first:
-            with torch.no_grad():
-                encode_output([model.model(row[None], use_cache=False).last_hidden_state for row in seqs])
-            inputs = capture.first_block_inputs(model, seqs)
-        bar = tqdm(list(capture.blocks(model)), desc="blocks", unit="block", disable=args.quiet, file=sys.stderr)
-        for i, block in bar:
-            linears = capture.linear_modules(block)
-            plan = {}
-            for lname, mod in linears.items():
-                hf = f"model.layers.{i}.{lname}.weight"
-                name = gguf_name(hf)
-                default = attn_v_type if name.endswith("attn_v.weight") else args.type
-                plan[lname] = (name, type_for(name, mod.weight.shape[1], default))
-            gptqs = {ln: MPQ2GPTQ(linears[ln].weight) for ln, (_, t) in plan.items() if t in OUR_TYPES}
-            capture.collect(block, inputs, {ln: g.add_batch for ln, g in gptqs.items()})
-            # the float block's output: on the float model's trajectory (which advances with it), or
-            # on these inputs; what the norm tuning aims at
-            if finputs is not None:
-                finputs = capture.run_block(block, finputs)
-            targets = None
-            if args.tune_norms and gptqs:
-                targets = finputs if finputs is not None else capture.run_block(block, inputs)
-            for lname, (name, typ) in plan.items():
-                mod = linears[lname]
-                w = mod.weight.detach().float()
-                order = _row_order(gguf_out.tensor_values(template[name]), w.numpy(),
-                                   n_kv if name.endswith("attn_k.weight") else n_head) \
-                    if name.endswith(("attn_q.weight", "attn_k.weight")) else None
-                if typ in OUR_TYPES:
-                    res = gptqs[lname].fasterquant(w, replace(cfg, rotate=typ == "mpq2r"))
-                    mod.weight.data = res.weight.to(mod.weight.dtype)
-                    data = res.packed if order is None else res.packed[order]
-                    replacements[name] = gguf_out.Replacement(data, OUR_TYPES[typ][0])
-                    rows.append(Row(name, typ, f"{res.n_salient}/{res.n_words}", BITS_PER_WEIGHT, f"{res.rel_output_error:.4f}"))
-                    del gptqs[lname]
-                else:
-                    values = w.numpy() if order is None else w.numpy()[order]
-                    data, qtype = gguf_out.encode(values, typ)
-                    replacements[name] = gguf_out.Replacement(data, qtype)
-                    # the later blocks (and the norm tuning) see this layer as llama.cpp will
-                    decoded = gguf_out.decode(data, qtype, values.shape)
-                    decoded = decoded if order is None else decoded[np.argsort(order)]
-                    mod.weight.data = torch.from_numpy(np.ascontiguousarray(decoded)).to(mod.weight.dtype)
-                    rows.append(Row(name, typ, "-", data.nbytes * 8 / values.size, "-"))
-            if targets is not None:
-                norm_ratios.append(norms.tune(block, inputs, targets, args.tune_norms))
-                for nname, gain in norms.block_norms(block).items():
-                    replacements[gguf_name(f"model.layers.{i}.{nname}.weight")] = gguf_out.Replacement(
-                        gain.detach().float().numpy().copy(), gguf.GGMLQuantizationType.F32)
-            inputs = capture.run_block(block, inputs)
-        bar.close()
-        if norm_ratios:
-            say(f"convert_mpq: norm gains tuned ({args.tune_norms} steps per block): block output error "
-                f"x{np.mean(norm_ratios):.3f} on average")
-
-        if not embd_first:
-            with torch.no_grad():
-                encode_output([model.model.norm(hs) for hs, _, _ in inputs])
-        if tune_out:
-            # toward the float model's logits (--norm-target model) or toward the float output
-            # projection's on the quantized model's hidden states (block)
-            say("convert_mpq: tuning the final norm's gain")
-            target = norms.float_logits_of(copy.deepcopy(model.model.norm), float_out["weight"],
-                                           finputs if finputs is not None else inputs)
-            ratio = norms.tune_output(model.model.norm, params[out_hf].detach().float(), [hs for hs, _, _ in inputs],
-                                      target, args.tune_norms)
-            say(f"convert_mpq: final norm tuned: KL divergence to the target logits x{ratio:.3f}")
-            replacements[gguf_name("model.norm.weight")] = gguf_out.Replacement(
-                model.model.norm.weight.detach().float().numpy().copy(), gguf.GGMLQuantizationType.F32)
-        if not tied:
-            values = params["model.embed_tokens.weight"].detach().float().numpy()
-            typ = type_for("token_embd.weight", values.shape[1], args.embd_type)
-            data, qtype = gguf_out.encode(values, typ)
-            replacements["token_embd.weight"] = gguf_out.Replacement(data, qtype)
-            rows.append(Row("token_embd.weight", typ, "-", data.nbytes * 8 / values.size, "-"))
-
-        say(f"convert_mpq: writing {args.outfile}")
-        gguf_out.write_atomic(args.outfile, reader, replacements, int(FTYPE_R if args.type == "mpq2r" else FTYPE), args.force)
-        del reader
-    return rows
+    args.device = resolve_device(args.device)
+    args.cfg = QuantConfig(salient_fraction=0.0 if args.all_2bit else args.salient_fraction, salience=args.salience,
+                           method=args.method, block_size=args.block_size, percdamp=args.percdamp,
+                           act_order=args.act_order, gate=not args.no_gate)
+    args.fingerprint = {k: (str(v) if isinstance(v, (Path, torch.device)) else v) for k, v in vars(args).items()
+                        if k not in NOT_FINGERPRINTED | {"overrides", "cfg", "fingerprint"}}
+    args.fingerprint["model"] = str(args.model.resolve())
+    args.fingerprint["calib_file"] = [str(Path(f).resolve()) for f in args.calib_file or []]
+    return args
 
 
-def print_summary(rows: list[Row], seconds: float, out: Path) -> None:
+def print_summary(result: Result, seconds: float, out: Path) -> None:
+    rows = result.rows
     w = max(len(r.name) for r in rows)
     print(f"{'tensor':<{w}}  {'type':<5}  {'K (int8 words)':>15}  {'bpw':>5}  {'rel. output err':>15}")
     for r in rows:
         print(f"{r.name:<{w}}  {r.type:<5}  {r.k:>15}  {r.bpw:5.2f}  {r.rel_err:>15}")
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) in {seconds:.0f} s, peak RSS {peak_mb:.0f} MB")
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) in {seconds:.0f} s, peak RSS {peak_rss_mb():.0f} MB")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_report(path: Path, result: Result, seconds: float, args) -> None:
+    path.write_text(json.dumps({
+        "wall_seconds": seconds, "peak_rss_mb": peak_rss_mb(), "device": str(args.device),
+        "blocks": [{"index": i, "seconds": s} for i, s in enumerate(result.block_seconds)],
+        "notes": result.notes,
+        "tensors": [vars(r) for r in result.rows]}, indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -376,17 +194,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .gguf_out import sigterm_as_interrupt
         with sigterm_as_interrupt():
-            rows = convert(args)
+            result = convert(options(args))
     except ConvertError as e:
         print(f"convert_mpq: error: {e}", file=sys.stderr)
         return 1
     except (FileExistsError, FileNotFoundError, IsADirectoryError, ValueError, RuntimeError) as e:
-        print(f"convert_mpq: error: {e}", file=sys.stderr)
+        print(f"convert_mpq: error: {e}; {getattr(e, 'run_note', 'no output written')}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("convert_mpq: interrupted; no output written", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"convert_mpq: interrupted; {getattr(e, 'run_note', 'no output written')}", file=sys.stderr)
         return 130
-    print_summary(rows, time.time() - t0, args.outfile)
+    print_summary(result, time.time() - t0, args.outfile)
+    if args.report:
+        write_report(args.report, result, time.time() - t0, args)
     return 0
 
 

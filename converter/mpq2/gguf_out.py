@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import stat
-import subprocess
-import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,29 +28,6 @@ OTHER_TYPES = {
     "q4_0": gguf.GGMLQuantizationType.Q4_0,
 }
 TYPE_NAMES = [*OUR_TYPES, *OTHER_TYPES]
-
-
-def llama_cpp_source() -> Path:
-    """The patched llama.cpp tree of the build (for convert_hf_to_gguf.py)."""
-    env = os.environ.get("MPQ2_LLAMA_CPP_SRC")
-    if env:
-        return Path(env)
-    from llama_mpq2._libs import lib_dir
-    return lib_dir().parent / "llama.cpp-src"
-
-
-def export_template(model_dir: Path, workdir: Path) -> Path:
-    """Runs llama.cpp's convert_hf_to_gguf.py (F16) to get metadata, tokenizer and norms."""
-    script = llama_cpp_source() / "convert_hf_to_gguf.py"
-    if not script.is_file():
-        raise FileNotFoundError(f"{script} not found: build the project first (bash setup.sh) or set MPQ2_LLAMA_CPP_SRC")
-    out = workdir / "template-f16.gguf"
-    proc = subprocess.run([sys.executable, str(script), str(model_dir), "--outtype", "f16", "--outfile", str(out)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0 or not out.is_file():
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise RuntimeError(f"llama.cpp's convert_hf_to_gguf.py failed on {model_dir}:\n{tail}")
-    return out
 
 
 def encode(values: np.ndarray, type_name: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
@@ -169,7 +144,7 @@ def write_atomic(out: Path, reader: gguf.GGUFReader, replacements: dict[str, Rep
         writer.close()
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, _output_mode(out))     # mkstemp made it 0600
+        os.chmod(tmp, output_mode(out))     # mkstemp made it 0600
         os.replace(tmp, out)
     except OSError as e:                     # a full disk, a quota, RLIMIT_FSIZE, ...
         tmp.unlink(missing_ok=True)
@@ -180,7 +155,7 @@ def write_atomic(out: Path, reader: gguf.GGUFReader, replacements: dict[str, Rep
         raise
 
 
-def _output_mode(out: Path) -> int:
+def output_mode(out: Path) -> int:
     """The replaced file's permissions (--force), else the usual 0666 less the umask."""
     try:
         return stat.S_IMODE(out.stat().st_mode)

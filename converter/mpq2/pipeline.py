@@ -1,0 +1,374 @@
+"""The conversion, stage by stage (docs/CONVERTER.md, "What it does"):
+
+    open the model   lazily: a skeleton on the meta device, weights read one block at a time
+    plan             every output tensor's name, type and shape, before any work
+    open the output  the GGUF header written first (or a stopped run's output reopened)
+    calibrate        token sequences -> what the first block receives
+    [tied embedding] with --embd-first: a float pass, then GPTQ of the tied matrix
+    each block       Hessians, GPTQ per linear layer, norm tuning, written, checkpointed
+    the output       GPTQ of the output projection, the final norm's tuning, the embedding
+    finish           the output renamed into place, the run's state removed
+
+`convert()` below is that list; each stage is a function of its own.
+"""
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import calibration, capture, gguf_out, norms, resume, skeleton
+from .errors import ConvertError
+from .format import BITS_PER_WEIGHT, FTYPE, FTYPE_R
+from .gguf_out import OUR_TYPES
+from .gguf_stream import GGUFStream
+from .gptq import MPQ2GPTQ
+from .plan import Plan, Weight, make_plan, qtype_of
+from .source import GGUFSource, SafetensorsSource, Source
+
+SUPPORTED = {
+    "LlamaForCausalLM": "Llama, SmolLM, TinyLlama, ...",
+    "MistralForCausalLM": "Mistral",
+    "Qwen2ForCausalLM": "Qwen2, Qwen2.5",
+    "Qwen3ForCausalLM": "Qwen3",
+}
+GGUF_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
+ROW_CHUNK = 8192          # rows of a tall matrix (embedding, output) handled at a time
+
+
+@dataclass
+class Row:
+    """One line of the end-of-run table."""
+    name: str
+    type: str
+    k: str
+    bpw: float
+    rel_err: str
+
+
+@dataclass
+class ModelInput:
+    path: Path
+    source: Source
+    config: object
+    tokenizer: object
+    layout: object
+
+
+@dataclass
+class Progress:
+    """What flows from stage to stage, and what a checkpoint keeps."""
+    seqs: torch.Tensor                  # calibration token ids (n, L)
+    inputs: list                        # the quantized model's activations entering the next block
+    finputs: list | None                # the float model's own, where the norm tuning aims at them
+    next_block: int = 0
+    embd_done: bool = False
+    rows: list[Row] = field(default_factory=list)
+    norm_ratios: list[float] = field(default_factory=list)
+    block_seconds: list[float] = field(default_factory=list)
+
+    def stage(self) -> dict:
+        return {"next_block": self.next_block, "embd_done": self.embd_done, "rows": [asdict(r) for r in self.rows],
+                "norm_ratios": self.norm_ratios, "block_seconds": self.block_seconds,
+                "done": f"{self.next_block} blocks"}
+
+    def tensors(self) -> dict:
+        return {"seqs": self.seqs, "inputs": self.inputs, "finputs": self.finputs}
+
+
+@dataclass
+class Result:
+    rows: list[Row]
+    block_seconds: list[float]
+    notes: list[str]
+
+
+def say(opts, *msg) -> None:
+    if not opts.quiet:
+        print("convert_mpq:", *msg, file=sys.stderr)
+
+
+# ---------------------------------------------------------------- the top level
+
+def convert(opts) -> Result:
+    inp = open_model(opts.model)
+    skel = skeleton.build(inp.config)
+    plan = make_plan(inp, skel, opts)
+    for note in plan.notes:
+        say(opts, note)
+    run = resume.RunState(opts.outfile, opts.fingerprint, resume.input_identity(opts.model))
+    saved = run.open(opts.resume, opts.force)
+    try:
+        out = open_output(run, inp, plan, opts, saved)
+        prog = restore(run, saved, opts) if saved else calibrate(inp, skel, opts)
+        skeleton.place_rotary(skel, opts.device)
+        if plan.embd_first and not prog.embd_done:
+            encode_tied_embedding(inp, skel, plan, opts, prog, out)
+            run.checkpoint(out, prog.stage(), prog.tensors())
+        for i in blocks_bar(opts, prog.next_block, plan.n_blocks):
+            quantize_block(i, inp, skel, plan, opts, prog, out)
+            run.checkpoint(out, prog.stage(), prog.tensors())
+        encode_output(inp, skel, plan, opts, prog, out, run)
+        out.close()
+        run.finish(gguf_out.output_mode(opts.outfile))
+    except ConvertError:
+        run.discard()
+        raise
+    except BaseException as e:
+        e.run_note = run.stopped()
+        raise
+    finally:
+        if "out" in locals():
+            out.close()
+    return Result(prog.rows, prog.block_seconds, plan.notes)
+
+
+# ---------------------------------------------------------------- stages
+
+def open_model(path: Path) -> ModelInput:
+    """Config, tokenizer and lazy weights; nothing of the weights is read yet."""
+    from transformers import AutoConfig, AutoTokenizer
+    from .layout import GGUFLayout, HFLayout
+    kind = _input_kind(path)
+    source = SafetensorsSource(path) if kind == "hf" else GGUFSource(path)
+    kw = {} if kind == "hf" else {"gguf_file": path.name}
+    src = path if kind == "hf" else path.parent
+    try:
+        config = AutoConfig.from_pretrained(src, **kw)
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds
+        raise ConvertError(f"{path}: cannot read the model configuration: {e}") from e
+    archs = getattr(config, "architectures", None) or []
+    if kind == "hf" and not any(a in SUPPORTED for a in archs):
+        raise ConvertError(f"{path}: architecture {', '.join(archs) or config.model_type} is not supported; "
+                           f"supported: {', '.join(SUPPORTED)}")
+    if kind == "gguf" and config.model_type not in GGUF_MODEL_TYPES:
+        raise ConvertError(f"{path}: architecture {config.model_type} is not supported; "
+                           f"supported: {', '.join(sorted(GGUF_MODEL_TYPES))}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src, **kw)
+    except Exception as e:  # noqa: BLE001
+        raise ConvertError(f"{path}: cannot load the tokenizer: {type(e).__name__}: {e}") from e
+    layout = HFLayout(path, next(a for a in archs if a in SUPPORTED)) if kind == "hf" else GGUFLayout(source)
+    return ModelInput(path, source, config, tokenizer, layout)
+
+
+def _input_kind(path: Path) -> str:
+    if not path.exists():
+        raise ConvertError(f"{path}: no such file or directory")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConvertError(f"{path} is not a Hugging Face model directory (no config.json)")
+        return "hf"
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ConvertError(f"{path} is neither a model directory nor a GGUF file")
+    return "gguf"
+
+
+def open_output(run, inp: ModelInput, plan: Plan, opts, saved) -> GGUFStream:
+    """A fresh run writes the header now; a resumed one reopens its part file where it stopped."""
+    if saved:
+        stream = GGUFStream(run.part, plan.specs, saved["data_start"], next_index=saved["next_tensor"])
+        if stream.position != saved["bytes"]:
+            stream.close()
+            raise ConvertError(f"--resume: {run.part} does not match its state; start over with --force")
+        return stream
+    ftype = int(FTYPE_R if opts.type == "mpq2r" else FTYPE)
+    n_params = sum(int(np.prod(s.shape)) for s in plan.specs[len(plan.extra):])
+    stream = GGUFStream.create(run.part, inp.layout.arch, lambda w: inp.layout.add_metadata(w, n_params), plan.specs, ftype)
+    for name, values in plan.extra:
+        stream.write(name, values)
+    return stream
+
+
+def calibrate(inp: ModelInput, skel, opts) -> Progress:
+    """Calibration sequences, and what the first block receives from the float embedding."""
+    seqs = calibration.calibration_batch(inp.tokenizer, opts.calib_file, opts.nsamples, opts.seqlen, opts.seed)
+    say(opts, f"calibration {seqs.shape[0]} x {seqs.shape[1]} tokens")
+    skeleton.place_rotary(skel, opts.device)
+    embeds = skeleton.embed(lambda rows: inp.source.get("model.embed_tokens.weight", rows), seqs, ROW_CHUNK)
+    inputs = capture.first_block_inputs(skel, embeds.to(opts.device))
+    finputs = inputs if opts.tune_norms and opts.norm_target == "model" else None
+    return Progress(seqs, inputs, finputs)
+
+
+def restore(run, saved: dict, opts) -> Progress:
+    acts = run.activations(opts.device)
+    say(opts, f"resuming after {saved['next_block']} blocks")
+    return Progress(acts["seqs"], acts["inputs"], acts["finputs"], saved["next_block"], saved["embd_done"],
+                    [Row(**r) for r in saved["rows"]], saved["norm_ratios"], saved["block_seconds"])
+
+
+def encode_tied_embedding(inp: ModelInput, skel, plan: Plan, opts, prog: Progress, out: GGUFStream) -> None:
+    """--embd-first: GPTQ of the tied embedding/output on the float model's final hidden states,
+    so the blocks are then calibrated on its error as an input embedding."""
+    say(opts, "float pass for the tied embedding/output")
+    h = prog.finputs if prog.finputs is not None else prog.inputs
+    for i in blocks_bar(opts, 0, plan.n_blocks, "float pass"):
+        block = skeleton.load_block(skel, i, inp.source, opts.device)
+        h = capture.run_block(block, h)
+        skeleton.release(block)
+    norm = skeleton.load_module(skel.model.norm, inp.source, "model.norm.", opts.device)
+    weight = inp.source.get(plan.output.hf).to(opts.device)
+    g = new_gptq(weight, opts)
+    with torch.no_grad():
+        for hs, _, _ in h:
+            g.add_batch(norm(hs))
+    del h
+    data, decoded, row = encode_weight(plan.output, weight, g, opts)
+    out.write(plan.output.name, data)
+    prog.rows.append(row)
+    embeds = skeleton.embed(lambda rows: decoded[rows].cpu(), prog.seqs, ROW_CHUNK)
+    del decoded, weight, g
+    prog.inputs = capture.first_block_inputs(skel, embeds.to(opts.device))
+    prog.embd_done = True
+
+
+def quantize_block(i: int, inp: ModelInput, skel, plan: Plan, opts, prog: Progress, out: GGUFStream) -> None:
+    """One block, as GPTQ: Hessians from the quantized model's inputs, each linear layer
+    encoded, the norm gains tuned, the block's tensors written, its output the next inputs."""
+    t0 = time.time()
+    block = skeleton.load_block(skel, i, inp.source, opts.device)
+    linears = capture.linear_modules(block)
+    weights = plan.blocks[i]
+    hessians = collect_hessians(block, prog.inputs, [m for m, w in weights.items() if w.type in OUR_TYPES], opts)
+    if prog.finputs is not None:          # the float block on the float trajectory, before it changes
+        prog.finputs = capture.run_block(block, prog.finputs)
+    targets = None
+    if opts.tune_norms and hessians:
+        targets = prog.finputs if prog.finputs is not None else capture.run_block(block, prog.inputs)
+    encoded = {}
+    for mod, w in weights.items():
+        data, decoded, row = encode_weight(w, linears[mod].weight.detach(), hessians.get(mod), opts)
+        linears[mod].weight.data = decoded.to(linears[mod].weight.device, linears[mod].weight.dtype)
+        encoded[mod] = data
+        prog.rows.append(row)
+    del hessians
+    if targets is not None:
+        prog.norm_ratios.append(norms.tune(block, prog.inputs, targets, opts.tune_norms))
+    for pname, p in block.named_parameters():
+        mod = pname.rpartition(".")[0]
+        if mod in weights and pname.endswith(".weight"):
+            out.write(weights[mod].name, encoded[mod])
+        else:
+            out.write(*inp.layout.values(f"model.layers.{i}.{pname}", p))
+    prog.inputs = capture.run_block(block, prog.inputs)
+    skeleton.release(block)
+    prog.next_block = i + 1
+    prog.block_seconds.append(time.time() - t0)
+
+
+def collect_hessians(block, inputs: list, names: list[str], opts) -> dict[str, MPQ2GPTQ]:
+    """One Hessian per distinct layer input (q/k/v share one, gate/up another), for `names`."""
+    if not names:
+        return {}
+    linears = capture.linear_modules(block)
+    groups, sinks = [], {}
+    for group in capture.shared_inputs(block, inputs[0]):
+        members = [n for n in group if n in names]
+        if members:
+            g = new_gptq(linears[members[0]].weight, opts)
+            sinks[group[0]] = g.add_batch
+            groups.append((members, g))
+    capture.collect(block, inputs, sinks)
+    hessians = {}
+    for members, g in groups:
+        for n in members:
+            h = g if n == members[0] else new_gptq(linears[n].weight, opts)
+            h.H, h.nsamples = g.H, g.nsamples       # one Hessian, read by every layer of the group
+            hessians[n] = h
+    return hessians
+
+
+def new_gptq(weight: torch.Tensor, opts) -> MPQ2GPTQ:
+    import inspect
+    if "device" in inspect.signature(MPQ2GPTQ).parameters:   # TEMP until gptq.py takes a device
+        return MPQ2GPTQ(weight, device=opts.device)
+    return MPQ2GPTQ(weight)
+
+
+def encode_weight(w: Weight, weight: torch.Tensor, gptq: MPQ2GPTQ | None, opts) -> tuple[np.ndarray, torch.Tensor, Row]:
+    """A weight's bytes in GGUF row order, the values llama.cpp will decode them to (HF row
+    order, for the model to continue with), and its summary line."""
+    if w.type in OUR_TYPES:
+        res = gptq.fasterquant(weight, replace(opts.cfg, rotate=w.type == "mpq2r"))
+        data, decoded = res.packed, res.weight
+        row = Row(w.name, w.type, f"{res.n_salient}/{res.n_words}", BITS_PER_WEIGHT, f"{res.rel_output_error:.4f}")
+    else:
+        values = weight.detach().float().cpu().numpy()
+        data, qtype = gguf_out.encode(values, w.type)
+        decoded = torch.from_numpy(gguf_out.decode(data, qtype, values.shape))
+        row = Row(w.name, w.type, "-", data.nbytes * 8 / values.size, "-")
+    return (data if w.order is None else data[w.order]), decoded, row
+
+
+def encode_output(inp: ModelInput, skel, plan: Plan, opts, prog: Progress, out: GGUFStream, run) -> None:
+    """The output projection (GPTQ on the final normed hidden states), the final norm's gain
+    tuned on its logits, then the untied token embedding (round to nearest, in row chunks)."""
+    norm = skeleton.load_module(skel.model.norm, inp.source, "model.norm.", opts.device)
+    data = None
+    if plan.embd_first:
+        decoded = read_back(run.part, out, plan.output)
+    else:
+        weight = inp.source.get(plan.output.hf).to(opts.device)
+        g = new_gptq(weight, opts) if plan.output.type in OUR_TYPES else None
+        with torch.no_grad():
+            for hs, _, _ in (prog.inputs if g else []):
+                g.add_batch(norm(hs))
+        data, decoded, row = encode_weight(plan.output, weight, g, opts)
+        prog.rows.append(row)
+        del weight, g
+    if opts.tune_norms and opts.tune_output_norm:
+        say(opts, "tuning the final norm's gain")
+        float_weight = inp.source.get(plan.output.hf).to(opts.device)
+        float_norm = copy.deepcopy(norm)
+        target = norms.float_logits_of(float_norm, float_weight, prog.finputs if prog.finputs is not None else prog.inputs)
+        ratio = norms.tune_output(norm, decoded.to(opts.device), [hs for hs, _, _ in prog.inputs], target, opts.tune_norms)
+        say(opts, f"final norm tuned: KL divergence to the target logits x{ratio:.3f}")
+        del float_weight
+    del decoded
+    out.write(*inp.layout.values("model.norm.weight", norm.weight))
+    if data is not None:
+        out.write(plan.output.name, data)
+    if plan.embedding is not None:
+        encode_rows(inp.source, plan.embedding, out)
+        rows, cols = plan.embedding.shape
+        prog.rows.append(Row(plan.embedding.name, plan.embedding.type, "-",
+                             out.specs[-1].nbytes * 8 / (rows * cols), "-"))
+
+
+def encode_rows(source: Source, w: Weight, out: GGUFStream) -> None:
+    """Round to nearest, ROW_CHUNK rows at a time (every type here encodes rows independently)."""
+    rows = w.shape[0]
+    for lo in range(0, rows, ROW_CHUNK):
+        sl = slice(lo, min(lo + ROW_CHUNK, rows))
+        values = source.get(w.hf, sl).numpy()
+        data, _ = gguf_out.encode(values, w.type)
+        out.write(w.name, data, last_part=sl.stop == rows)
+
+
+def read_back(part: Path, out: GGUFStream, w: Weight) -> torch.Tensor:
+    """A weight already written, decoded from the output file (row chunks), in HF row order."""
+    import gguf
+    idx = next(i for i, s in enumerate(out.specs) if s.name == w.name)
+    spec = out.specs[idx]
+    rows = w.shape[0]
+    raw = np.memmap(part, dtype=np.uint8, mode="r", offset=out.offsets[idx], shape=(rows, spec.nbytes // rows))
+    decoded = torch.empty(w.shape, dtype=torch.float32)
+    for lo in range(0, rows, ROW_CHUNK):
+        hi = min(lo + ROW_CHUNK, rows)
+        decoded[lo:hi] = torch.from_numpy(np.ascontiguousarray(
+            gguf.quants.dequantize(np.asarray(raw[lo:hi]), qtype_of(w.type)), dtype=np.float32).reshape(hi - lo, -1))
+    del raw
+    return decoded if w.order is None else decoded[torch.from_numpy(np.argsort(w.order))]
+
+
+def blocks_bar(opts, start: int, stop: int, desc: str = "blocks"):
+    from tqdm import tqdm
+    return tqdm(range(start, stop), desc=desc, unit="block", initial=start, total=stop,
+                disable=opts.quiet, file=sys.stderr)
