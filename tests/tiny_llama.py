@@ -38,7 +38,8 @@ ARCHS = {  # architecture -> (config class, model class) in transformers
 
 
 def build(out_dir: Path, *, hidden: int = 128, intermediate: int = 384, layers: int = 2, heads: int = 4,
-          kv_heads: int = 2, steps: int = 150, seed: int = 0, arch: str = "llama", tied: bool = False) -> Path:
+          kv_heads: int = 2, steps: int = 150, seed: int = 0, arch: str = "llama", tied: bool = False,
+          max_shard_size: str | None = None) -> Path:
     """Writes the model to out_dir and returns it. About 20 s on 2 cores."""
     import sentencepiece as spm
     import torch
@@ -63,6 +64,7 @@ def build(out_dir: Path, *, hidden: int = 128, intermediate: int = 384, layers: 
     seq, batch = 64, 16
     gen = torch.Generator().manual_seed(seed)
     model.train()
+    loss = torch.tensor(float("nan"))      # steps=0: random weights (tests of time and memory)
     for _ in range(steps):
         starts = torch.randint(0, len(ids) - seq - 1, (batch,), generator=gen)
         x = torch.stack([ids[s:s + seq] for s in starts])
@@ -71,7 +73,8 @@ def build(out_dir: Path, *, hidden: int = 128, intermediate: int = 384, layers: 
         loss.backward()
         opt.step()
     model.eval()
-    model.save_pretrained(out_dir, safe_serialization=True)
+    model.save_pretrained(out_dir, safe_serialization=True,
+                          **({"max_shard_size": max_shard_size} if max_shard_size else {}))
     (out_dir / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
         "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",

@@ -6,6 +6,7 @@ finished tensor and go on (resume.py)."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,10 @@ class TensorSpec:
         return (*self.shape[:-1], self.nbytes // max(1, int(np.prod(self.shape[:-1], dtype=np.int64))))
 
 
+class WriteError(RuntimeError):
+    """The output could not be written (a full disk, a quota, a file size limit)."""
+
+
 def _pad(n: int) -> int:
     return (n + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
 
@@ -61,6 +66,11 @@ class GGUFStream:
     @classmethod
     def create(cls, path: Path, arch: str, add_metadata, specs: list[TensorSpec], ftype: int) -> "GGUFStream":
         """Writes the header: metadata (`add_metadata(writer)`), file type and every tensor info."""
+        with _writing(path):
+            return cls._create(path, arch, add_metadata, specs, ftype)
+
+    @classmethod
+    def _create(cls, path, arch, add_metadata, specs, ftype) -> "GGUFStream":
         w = gguf.GGUFWriter(path, arch)
         add_metadata(w)
         w.add_file_type(ftype)
@@ -94,23 +104,37 @@ class GGUFStream:
         if spec is None or spec.name != name:
             raise RuntimeError(f"GGUF stream: expected {spec.name if spec else 'no more tensors'}, got {name}")
         raw = np.ascontiguousarray(data)
-        self._f.write(raw.tobytes())
+        with _writing(self.path):
+            self._f.write(raw.tobytes())
         self._written += raw.nbytes
         if not last_part:
             return
         if self._written != spec.nbytes:
             raise RuntimeError(f"GGUF stream: {name} has {self._written} bytes, its info says {spec.nbytes}")
-        self._f.write(b"\0" * (_pad(spec.nbytes) - spec.nbytes))
+        with _writing(self.path):
+            self._f.write(b"\0" * (_pad(spec.nbytes) - spec.nbytes))
         self._written = 0
         self.next += 1
 
     def sync(self) -> None:
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        with _writing(self.path):
+            self._f.flush()
+            os.fsync(self._f.fileno())
 
     def close(self) -> None:
         if not self._f.closed:
-            self._f.close()
+            try:
+                self._f.close()
+            except OSError:
+                pass            # already reported by the write that failed
 
     def finished(self) -> bool:
         return self.next == len(self.specs)
+
+
+@contextmanager
+def _writing(path: Path):
+    try:
+        yield
+    except OSError as e:
+        raise WriteError(f"could not write {path}: {e.strerror or e} (disk full or a file size limit?)") from e
