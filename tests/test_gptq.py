@@ -114,3 +114,265 @@ def test_gate_decides_each_candidate_as_it_would_among_all_words():
 def test_rejects_rows_that_are_not_a_multiple_of_64():
     with pytest.raises(ValueError, match="multiple of 64"):
         MPQ2GPTQ(torch.zeros(4, 100))
+
+
+# --- the torch encoder against the numpy mirror (codec.py), bit for bit on CPU ---------------
+
+import math
+from dataclasses import replace
+
+from mpq2 import codec_torch as ct
+from mpq2 import rotation
+from mpq2.format import GRID_STEP, GROUP, QK, SCALE_MULT, WORDS, ZERO2, d_from_code
+from mpq2.gptq import BlockParams
+
+F = np.float32
+
+
+def words(n=600, seed=0):
+    """(n, 16) float32 words of many kinds: Gaussian, heavy tails, runs of 4, zeros, one huge
+    word, and importances (n, 16) with zeros among them."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, GROUP)).astype(F) * F(0.05)
+    x[::5] = (rng.standard_t(2, (len(x[::5]), GROUP)) * 0.05).astype(F)
+    x[1::7] = np.repeat(rng.standard_normal((len(x[1::7]), 4)), 4, axis=1).astype(F)
+    x[2::11] = 0.0
+    x[3, :] = F(3e4)
+    x[4, 5] = F(1e-30)
+    w = rng.uniform(0.0, 2.0, (n, GROUP)).astype(F)
+    w[6::13] = 0.0
+    return x, w
+
+
+def test_torch_fits_equal_numpy_fits():
+    x, w = words()
+    x16, w16 = torch.from_numpy(x.T.copy()), torch.from_numpy(w.T.copy())
+    with np.errstate(all="ignore"):
+        u2, e2 = codec._fit2(x, w)
+        u8, e8 = codec._fit8(x, w)
+        m4 = codec._means4(x, w)
+    tu2, te2 = ct.fit2_words(x16, w16)
+    tu8, te8 = ct.fit8(x16, w16)
+    for got, want in ((tu2, u2), (te2, e2), (tu8, u8), (te8, e8), (ct.means4(x16, w16).T, m4)):
+        np.testing.assert_array_equal(got.numpy(), want)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
+def test_torch_choose_scales_equals_numpy(fraction):
+    x, w = words(64 * 8 * 4, seed=1)                 # 64 rows of 8 blocks
+    x = x.reshape(64, 32, GROUP)
+    w = w[:32].reshape(1, 32, GROUP)                  # one importance per column, as in GPTQ
+    rng = np.random.default_rng(2)
+    salient = rng.random((64, 32)) < fraction
+    unit = (np.abs(x).max(-1) * F(0.675) / F(GRID_STEP)).astype(F)
+    with np.errstate(all="ignore"):
+        unit = np.where(salient, codec._fit8(x, np.broadcast_to(w, x.shape))[0], unit).astype(F)
+        dcode, j, z, c8, _ = codec.choose_scales(x, w, salient, unit)
+    tdcode, tj, tz, tc8 = ct.choose_scales(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(salient),
+                                           torch.from_numpy(unit))
+    np.testing.assert_array_equal(tdcode.numpy(), dcode)
+    np.testing.assert_array_equal(tj.numpy(), j)
+    np.testing.assert_array_equal(tz.numpy(), z)
+    np.testing.assert_array_equal(tc8.numpy()[salient], c8[salient])   # the only c8 a byte reads
+
+
+def test_torch_rotation_equals_numpy():
+    x = np.random.default_rng(3).standard_normal((7, 3 * 64)).astype(F)
+    np.testing.assert_array_equal(ct.rotate(torch.from_numpy(x)).numpy(), rotation.rotate(x))
+    np.testing.assert_array_equal(ct.unrotate(torch.from_numpy(x)).numpy(), rotation.unrotate(x))
+    X, W = layer(rows=4, cols=192)
+    H = hessian(X, W).H
+    out = torch.empty_like(H).mT                      # column-major, as MPQ2GPTQ keeps it
+    assert torch.equal(ct.rotate_hessian_into(H, out), rotation.rotate_hessian(H))
+
+
+def numpy_block_params(x: np.ndarray, importance: np.ndarray, salient: np.ndarray):
+    """The encoder's block parameters computed by codec.py (the reference), and the values each
+    2-bit code (0..3) and int8 mean decodes to per column."""
+    rows = x.shape[0]
+    xw = x.reshape(rows, WORDS, GROUP).astype(F)
+    w = np.broadcast_to(importance.reshape(1, WORDS, GROUP).astype(F), xw.shape)
+    with np.errstate(all="ignore"):
+        unit = np.where(salient, codec._fit8(xw, w)[0], np.abs(xw).max(-1) * F(0.675) / F(GRID_STEP)).astype(F)
+    dcode, j, z, c8, _ = codec.choose_scales(xw, w, salient, unit)
+    return dcode, j, z, c8
+
+
+def test_block_params_equal_numpy_reference():
+    x, _ = words(96 * 4, seed=4)
+    x = x.reshape(96, QK)
+    importance = np.random.default_rng(5).uniform(0.1, 3.0, QK).astype(F)
+    salient = np.random.default_rng(6).random((96, WORDS)) < 0.25
+    dcode, j, z, c8 = numpy_block_params(x, importance, salient)
+    p = BlockParams(torch.from_numpy(x), torch.from_numpy(importance), torch.from_numpy(salient))
+    np.testing.assert_array_equal(p.dcode.numpy(), dcode)
+    np.testing.assert_array_equal(p.scale_code.numpy(), j)
+    np.testing.assert_array_equal(p.zero_code.numpy(), z)
+    # every column decodes as codec.decoded_values would decode its codes
+    wt = torch.from_numpy(x.T.copy())
+    q, c = p.quantize_block(wt)
+    c2 = c.T.numpy().astype(np.int32).reshape(96, WORDS, GROUP)
+    want = codec.decoded_values(dcode, j, z, salient, p.c8.numpy().astype(np.int32), c2).reshape(96, QK)
+    np.testing.assert_array_equal(q.T.numpy(), want)
+    for col in (0, 17, 63):
+        qc, cc = p.quantize_column(col, wt[col].clone())
+        assert torch.equal(qc, q[col]) and torch.equal(cc, c[col])
+
+
+def numpy_reference(q: MPQ2GPTQ, weight: torch.Tensor, cfg: QuantConfig):
+    """The encoder as it was before it moved to torch (numpy block parameters and gate from
+    codec.py, torch only for the linear algebra): the bytes the torch encoder must reproduce."""
+    if cfg.rotate:
+        g = MPQ2GPTQ(weight)
+        g.H = rotation.rotate_hessian(q.H)
+        wr = torch.from_numpy(rotation.rotate(weight.numpy()))
+        packed, Q, n_sal = numpy_reference(g, wr, replace(cfg, rotate=False))
+        return packed, torch.from_numpy(rotation.unrotate(Q.numpy())), n_sal
+    rows, cols = weight.shape
+    W = weight.clone()
+    H = q.H.clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H += cfg.percdamp * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=H.dtype)
+    Hinv = torch.cholesky_inverse(torch.linalg.cholesky(H))
+    scores = salience_scores(W, torch.diag(Hinv) if cfg.salience == "hessian" else None).numpy().astype(np.float64)
+    k = int(round(min(max(cfg.salient_fraction, 0.0), 1.0) * scores.size))
+    order = np.lexsort((np.arange(scores.size), -np.nan_to_num(scores.ravel(), nan=-np.inf)))
+    bitmap = np.zeros(scores.size, bool)
+    bitmap[order[:k]] = True
+    bitmap = bitmap.reshape(scores.shape)
+    importance = torch.diag(H).to(torch.float32).numpy()
+    if cfg.gate:
+        r, c = np.nonzero(bitmap)
+        x = W.numpy().reshape(rows, -1, GROUP)[r, c]
+        w = importance.reshape(-1, GROUP)[c]
+        with np.errstate(all="ignore"):
+            keep = codec._fit8(x, w)[1] < codec._fit2(x, w)[1]
+        bitmap = np.zeros_like(bitmap)
+        bitmap[r, c] = keep
+    perm = torch.argsort(torch.diag(H), descending=True, stable=True) if cfg.act_order else torch.arange(cols)
+    U = torch.linalg.cholesky(Hinv[perm][:, perm], upper=True).to(torch.float32)
+    Wp = W[:, perm]
+    nb = cols // QK
+    params = [None] * nb
+
+    def block(b, x):
+        s = bitmap[:, b * WORDS:(b + 1) * WORDS]
+        dcode, j, z, c8 = numpy_block_params(x.numpy(), importance[b * QK:(b + 1) * QK], s)
+        dd = d_from_code(dcode[:, 0])[:, None, None]
+        v8 = (dd * np.repeat(SCALE_MULT[j][..., None] * c8, 4, axis=-1).astype(F)).reshape(-1, QK)
+        step = (dd[..., 0] * (SCALE_MULT[j] * GRID_STEP).astype(F)).astype(F)
+        return dict(fields=(dcode, j, z, c8), s=s, step=torch.from_numpy(step), v8=torch.from_numpy(v8.astype(F)),
+                    zs=torch.from_numpy(codec.ZERO_STEPS[z]), zi=torch.from_numpy(ZERO2[z]),
+                    m=torch.from_numpy(SCALE_MULT[j]), dd=torch.from_numpy(dd[:, 0, 0]))
+
+    if cfg.act_order:
+        for b in range(nb):
+            params[b] = block(b, W[:, b * QK:(b + 1) * QK])
+    Q = torch.zeros_like(W)
+    C2 = torch.zeros((rows, cols), dtype=torch.int64)
+    for i1 in range(0, cols, cfg.block_size):
+        i2 = min(i1 + cfg.block_size, cols)
+        W1 = Wp[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        for i in range(i2 - i1):
+            col = int(perm[i1 + i])
+            b, cb = divmod(col, QK)
+            if params[b] is None:
+                params[b] = block(b, W1[:, i:i + QK])
+            p, wd = params[b], cb // GROUP
+            w = W1[:, i]
+            t = w / p["step"][:, wd] + p["zs"][:, wd]
+            c2 = torch.nan_to_num(t, nan=0.0).clamp(0.0, 3.0).round().to(torch.int64)
+            q2 = p["dd"] * ((GRID_STEP * c2.to(torch.int32) - p["zi"][:, wd]) * p["m"][:, wd]).to(torch.float32)
+            qv = torch.where(torch.from_numpy(p["s"][:, wd]), p["v8"][:, cb], q2)
+            Q[:, col], C2[:, col] = qv, c2
+            if cfg.method == "gptq":
+                err = (w - qv) / U[i1 + i, i1 + i]
+                W1[:, i:] -= err[:, None] * U[i1 + i, i1 + i:i2][None, :]
+                Err1[:, i] = err
+        if cfg.method == "gptq":
+            Wp[:, i2:] -= Err1 @ U[i1:i2, i2:]
+    fields = [np.concatenate([p["fields"][k] for p in params], axis=1) for k in range(4)]
+    packed = codec.pack(fields[0], fields[1], fields[2], bitmap, fields[3], C2.numpy().reshape(rows, -1, GROUP))
+    return packed, Q, int(bitmap.sum())
+
+
+CONFIGS = [QuantConfig(), QuantConfig(rotate=True), QuantConfig(act_order=True), QuantConfig(method="rtn"),
+           QuantConfig(rotate=True, act_order=True), QuantConfig(salient_fraction=0.0),
+           QuantConfig(salient_fraction=1.0), QuantConfig(salient_fraction=1.0, gate=False),
+           QuantConfig(salient_fraction=0.3, gate=False, rotate=True), QuantConfig(block_size=64),
+           QuantConfig(salience="magnitude", rotate=True), QuantConfig(method="rtn", rotate=True, salient_fraction=0.25)]
+
+
+@pytest.fixture(scope="module", params=[(64, 192, 0), (130, 128, 1), (96, 320, 2)], ids=lambda s: f"{s[0]}x{s[1]}")
+def planted_layer(request):
+    rows, cols, seed = request.param
+    X, W = layer(rows, cols, seed)
+    W[::9, ::7] *= 12                                                   # outliers
+    runs = torch.repeat_interleave(torch.randn(rows, cols // 4, generator=torch.Generator().manual_seed(seed)), 4, dim=1)
+    W[::5, 16:48] = 0.3 * runs[::5, 16:48]                              # words that int8 means fit
+    X[:, 7] = 0.0                                                       # a dead input
+    return W, hessian(X, W)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in vars(c).items() if v != getattr(QuantConfig(), k)) or "default")
+def test_torch_encoder_equals_numpy_reference(planted_layer, cfg):
+    W, q = planted_layer
+    packed, Q, n_sal = numpy_reference(q, W, cfg)
+    res = q.fasterquant(W, cfg)
+    np.testing.assert_array_equal(res.packed, packed)
+    assert torch.equal(res.weight, Q) and res.n_salient == n_sal
+    if cfg.salient_fraction > 0 and not cfg.gate:
+        assert n_sal > 0
+
+
+@pytest.mark.parametrize("cfg", [QuantConfig(), QuantConfig(rotate=True), QuantConfig(act_order=True),
+                                 QuantConfig(method="rtn", salient_fraction=0.5, gate=False)])
+@pytest.mark.parametrize("chunk", [1, 64, 100, 200])
+def test_row_chunks_give_the_same_bytes(cfg, chunk):
+    X, W = layer(rows=300, cols=128, seed=7)
+    W[::13, ::3] *= 10
+    q = hessian(X, W)
+    whole = q.fasterquant(W, cfg)
+    part = q.fasterquant(W, cfg, row_chunk=chunk)
+    np.testing.assert_array_equal(part.packed, whole.packed)
+    assert torch.equal(part.weight, whole.weight) and part.n_salient == whole.n_salient
+    assert part.rel_output_error == pytest.approx(whole.rel_output_error, rel=1e-9)
+
+
+def test_fasterquant_leaves_the_hessian_and_weight_alone():
+    X, W = layer(rows=64, cols=128)
+    q = hessian(X, W)
+    H0, W0 = q.H.clone(), W.clone()
+    for cfg in (QuantConfig(), QuantConfig(rotate=True), QuantConfig(act_order=True)):
+        q.fasterquant(W, cfg)
+    assert torch.equal(q.H, H0) and torch.equal(W, W0)
+
+
+def test_device_and_shape_arguments():
+    X, W = layer(rows=64, cols=128)
+    q = MPQ2GPTQ((64, 128), device="cpu")
+    assert q.device == torch.device("cpu") and q.H.device == q.device
+    q.add_batch(X[:1000])
+    q.add_batch(X[1000:])
+    ref = hessian(X, W)
+    assert torch.equal(q.H, ref.H)
+    assert MPQ2GPTQ(torch.empty(4, 64, device="meta")).device == torch.device("cpu")
+    res = q.fasterquant(W, QuantConfig())
+    assert res.weight.dtype == torch.float32 and res.weight.device == q.device
+    assert res.packed.dtype == np.uint8 and isinstance(res.packed, np.ndarray)
+
+
+def test_select_bitmap_ties_go_to_the_lower_index_and_nan_last():
+    scores = torch.tensor([[1.0, 2.0, 2.0, float("nan")], [2.0, 0.0, 0.0, 0.0]])
+    assert select_bitmap(scores, 3 / 8).flatten().tolist() == [False, True, True, False, True, False, False, False]
+    assert select_bitmap(scores, 6 / 8).flatten().tolist() == [True, True, True, False, True, True, True, False]
+    assert select_bitmap(scores, 1.0).all() and not select_bitmap(scores, 0.0).any()
+    big = torch.rand(50, 8, generator=torch.Generator().manual_seed(0)).round(decimals=1)   # many ties
+    flat = big.flatten().numpy().astype(np.float64)
+    order = np.lexsort((np.arange(flat.size), -flat))[:int(round(0.3 * flat.size))]
+    want = np.zeros(flat.size, bool)
+    want[order] = True
+    np.testing.assert_array_equal(select_bitmap(big, 0.3).flatten().numpy(), want)

@@ -6,18 +6,22 @@ GPTQ in two ways: the salient words (bitmap) hold int8 means of 4 weights, fixed
 and zero offset chosen at the block's start, from the weights as updated so far). Every
 rounding error, salient or not, is pushed onto the not-yet-quantized columns through the
 Cholesky factor of H^-1, as METHOD.md section 4.
+
+Everything runs in torch on the layer's device (codec_torch.py: the fit, bit-exact with
+codec.py's numpy mirror on CPU); only the final packing goes through numpy.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from . import codec, rotation
-from .format import GRID_STEP, GROUP, QK, SCALE_MULT, WORDS, ZERO2, d_from_code
+from . import codec, codec_torch as ct
+from .format import GRID_STEP, GROUP, QK, SCALE_MULT, WORDS, ZERO2
 
 F = np.float32
+ERROR_ROWS = 8192      # rows per product of the output error, so its temporaries stay small
 
 
 @dataclass
@@ -35,7 +39,7 @@ class QuantConfig:
 @dataclass
 class QuantResult:
     packed: np.ndarray        # (rows, cols/64*20) uint8, MPQ2 bytes
-    weight: torch.Tensor      # (rows, cols) float32, exactly what the bytes decode to
+    weight: torch.Tensor      # (rows, cols) float32 on the MPQ2GPTQ's device, exactly what the bytes decode to
     n_salient: int            # words stored as int8 means (the tensor's K)
     n_words: int
     rel_output_error: float   # ||(W - W')X|| / ||WX|| over the calibration data
@@ -51,178 +55,270 @@ def salience_scores(W: torch.Tensor, hinv_diag: torch.Tensor | None) -> torch.Te
 
 
 def select_bitmap(scores: torch.Tensor, fraction: float) -> torch.Tensor:
-    """The top `fraction` of all words of the tensor by score (ties: lower flat index)."""
-    flat = scores.flatten().numpy().astype(np.float64)
-    k = int(round(min(max(fraction, 0.0), 1.0) * flat.size))
-    order = np.lexsort((np.arange(flat.size), -np.nan_to_num(flat, nan=-np.inf)))
-    bitmap = np.zeros(flat.size, bool)
-    bitmap[order[:k]] = True
-    return torch.from_numpy(bitmap.reshape(scores.shape))
+    """The top `fraction` of all words of the tensor by score (ties: lower flat index; NaN last)."""
+    flat = scores.flatten()
+    k = int(round(min(max(fraction, 0.0), 1.0) * flat.numel()))
+    key = torch.where(torch.isnan(flat), -torch.inf, flat)
+    bitmap = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    bitmap[torch.sort(key, descending=True, stable=True).indices[:k]] = True
+    return bitmap.reshape(scores.shape)
 
 
-def gate_salient(W: np.ndarray, importance: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+def gate_salient(W, importance, candidates):
     """The candidate words whose H_jj-weighted error as int8 means is below their best 2-bit
     fit's: the paper's mean of 4 drops the variation inside each run of 4, which costs more than
     2-bit rounding on most words; only there does the int8 word pay. Only the candidates (the
     salient fraction's words) are fitted: the fit of every word was two thirds of a tensor's
-    encoding time."""
-    r, c = np.nonzero(candidates)
-    x = W.reshape(W.shape[0], -1, GROUP)[r, c].astype(F)                   # (k, 16)
-    w = importance.reshape(-1, GROUP)[c].astype(F)
-    with np.errstate(over="ignore", invalid="ignore"):
-        _, err2 = codec._fit2(x, w)
-        _, err8 = codec._fit8(x, w)
-    keep = np.zeros(candidates.shape, bool)
+    encoding time. Torch tensors in, a bool tensor out; numpy arrays in, a numpy array out."""
+    if isinstance(W, np.ndarray):
+        return gate_salient(torch.from_numpy(W), torch.from_numpy(np.asarray(importance)),
+                            torch.from_numpy(candidates)).numpy()
+    r, c = candidates.nonzero(as_tuple=True)
+    x16 = W.reshape(W.shape[0], -1, GROUP)[r, c].to(torch.float32).T     # (16, k)
+    w16 = importance.reshape(-1, GROUP)[c].to(torch.float32).T
+    _, err2 = ct.fit2_words(x16, w16)
+    _, err8 = ct.fit8(x16, w16)
+    keep = torch.zeros(candidates.shape, dtype=torch.bool, device=candidates.device)
     keep[r, c] = err8 < err2
     return keep
 
 
 class BlockParams:
     """Block scale, per-word scale and zero codes and fixed int8 means of one 64-column
-    block, for all rows."""
+    block, for all rows of a chunk; the per-word grids are kept transposed ((words, rows)) so
+    that each column's step reads contiguous rows."""
 
-    def __init__(self, x: np.ndarray, importance: np.ndarray, salient: np.ndarray):
+    def __init__(self, x: torch.Tensor, importance: torch.Tensor, salient: torch.Tensor):
         rows = x.shape[0]
-        xw = x.reshape(rows, WORDS, GROUP).astype(F)
-        w = np.broadcast_to(importance.reshape(1, WORDS, GROUP).astype(F), xw.shape)
+        xw = x.reshape(rows, WORDS, GROUP)
+        w = importance.reshape(1, WORDS, GROUP)
         unit = self._units(xw, w, salient)
-        self.dcode, self.scale_code, self.zero_code, self.c8, _ = codec.choose_scales(xw, w, salient, unit)
-        self.salient = salient
-        dd = d_from_code(self.dcode[:, 0])                                 # (rows,)
-        self.mult = SCALE_MULT[self.scale_code].astype(np.int32)          # (rows, 4)
-        self.dd = torch.from_numpy(dd)
-        # decoded int8-mean values of salient words, (rows, 64); zeros elsewhere
-        v8 = np.repeat(self.mult[..., None] * self.c8, 4, axis=-1).reshape(rows, QK)
-        self.q8_values = torch.from_numpy((dd[:, None] * v8.astype(F)).astype(F))
-        self.salient_cols = torch.from_numpy(np.repeat(salient, GROUP, axis=-1))   # (rows, 64)
-        self.step = torch.from_numpy((dd[:, None] * (self.mult * GRID_STEP).astype(F)).astype(F))  # (rows, 4)
-        self.zero_int = torch.from_numpy(ZERO2[self.zero_code].astype(np.int32))    # (rows, 4)
-        self.zero_steps = torch.from_numpy(codec.ZERO_STEPS[self.zero_code])        # (rows, 4), exact
-        self.mult_t = torch.from_numpy(self.mult)
+        self.dcode, self.scale_code, self.zero_code, self.c8 = ct.choose_scales(xw, w, salient, unit)
+        dev = x.device
+        dd = ct.d_from_code(self.dcode[:, 0])[:, None]                           # (rows, 1)
+        mult = torch.from_numpy(SCALE_MULT.astype(F)).to(dev)[self.scale_code]   # (rows, 4)
+        zint = torch.from_numpy(ZERO2.astype(F)).to(dev)[self.zero_code]
+        step = dd * (mult * float(GRID_STEP))
+        # a column decodes to c * A + B (c the 2-bit code), exactly dd * (m * (16 c - zint)):
+        # every product and the sum are small integers times dd, exact in float32. Salient
+        # words: A = 0 and B their int8 means, dd * (m * c8), one per run of 4.
+        q8 = dd[..., None] * (mult[..., None] * self.c8)                         # (rows, 4, 4)
+        b2 = (dd * -(zint * mult))[..., None].expand(-1, -1, 4)
+        self.S = step.T.contiguous()
+        self.Z = torch.from_numpy(codec.ZERO_STEPS).to(dev)[self.zero_code].T.contiguous()
+        self.A = torch.where(salient, 0.0, step).T.contiguous()
+        self.B = torch.where(salient[..., None], q8, b2).reshape(rows, 16).T.contiguous()   # (16 runs, rows)
+        self.rows_S = None
 
     @staticmethod
-    def _units(xw: np.ndarray, w: np.ndarray, salient: np.ndarray) -> np.ndarray:
+    def _units(xw: torch.Tensor, w: torch.Tensor, salient: torch.Tensor) -> torch.Tensor:
         """Target unit of each word, only to place the block scale: GPTQ needs no bit-exact
         mirror of the C fit (the bytes are packed from the codes it chooses), so 2-bit words
         take the top of the fit's step range (0.675 of the word's largest magnitude) instead
         of the 64-candidate search; the (scale, zero) search per word that follows does the
         fitting. Three times faster on the converter's largest cost."""
-        amax = np.abs(xw).max(axis=-1)
-        with np.errstate(over="ignore", invalid="ignore"):
-            u8, _ = codec._fit8(xw, w)
-        return np.where(salient, u8, amax * F(0.675) / F(GRID_STEP)).astype(F)
+        unit = xw.abs().amax(-1) * float(F(0.675)) / float(GRID_STEP)
+        r, c = salient.nonzero(as_tuple=True)
+        if r.numel():   # the int8 fit, needed by the salient words only
+            unit[r, c] = ct.fit8(xw[r, c].T, w[0, c].T)[0]
+        return unit
 
-    def quantize_column(self, col_in_block: int, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Quantized values of one column and its 2-bit codes, the way the C code decodes them."""
+    def quantize_column(self, col_in_block: int, w: torch.Tensor, out: torch.Tensor | None = None):
+        """Quantized values of one column (into `out` if given) and its 2-bit codes (float), the
+        way the C code decodes them."""
+        if self.rows_S is None:   # per-word rows as a list: no tensor indexing per column
+            self.rows_S, self.rows_Z, self.rows_A, self.rows_B = (list(t.unbind(0)) for t in (self.S, self.Z, self.A, self.B))
         word = col_in_block // GROUP
-        s = self.step[:, word]
-        t = w / s + self.zero_steps[:, word]
-        c2 = torch.nan_to_num(t, nan=0.0).clamp(0.0, 3.0).round().to(torch.int64)  # round: ties to even
-        v2 = (GRID_STEP * c2.to(torch.int32) - self.zero_int[:, word]) * self.mult_t[:, word]
-        q2 = self.dd * v2.to(torch.float32)
-        sal = self.salient_cols[:, col_in_block]
-        return torch.where(sal, self.q8_values[:, col_in_block], q2), c2
+        c = torch.div(w, self.rows_S[word]).add_(self.rows_Z[word])
+        c.nan_to_num_(0.0).clamp_(0.0, 3.0).round_()     # round: ties to even; NaN -> 0
+        q = torch.mul(c, self.rows_A[word], out=out)
+        return q.add_(self.rows_B[col_in_block // 4]), c
+
+    def quantize_block(self, wt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """quantize_column for all 64 columns at once, wt (64, rows): round to nearest."""
+        t = wt / self.S.repeat_interleave(GROUP, 0) + self.Z.repeat_interleave(GROUP, 0)
+        c = t.nan_to_num_(0.0).clamp_(0.0, 3.0).round_()
+        return c * self.A.repeat_interleave(GROUP, 0) + self.B.repeat_interleave(4, 0), c
 
 
 class MPQ2GPTQ:
-    """Collects the Hessian of one linear layer's inputs and encodes its weight as MPQ2."""
+    """Collects the Hessian of one linear layer's inputs and encodes its weight as MPQ2.
 
-    def __init__(self, weight: torch.Tensor):
-        self.rows, self.cols = weight.shape
+    `weight_or_shape`: the layer's weight (or its (rows, cols) shape); `device`: where the
+    Hessian and all of the encoding live (default: the weight's device, else the CPU)."""
+
+    def __init__(self, weight_or_shape, device=None):
+        shape = weight_or_shape.shape if isinstance(weight_or_shape, torch.Tensor) else weight_or_shape
+        self.rows, self.cols = (int(v) for v in shape)
         if self.cols % QK:
             raise ValueError(f"input dimension {self.cols} is not a multiple of {QK}")
-        self.H = torch.zeros(self.cols, self.cols, dtype=torch.float64)
+        if device is None and isinstance(weight_or_shape, torch.Tensor) and weight_or_shape.device.type != "meta":
+            device = weight_or_shape.device
+        self.device = torch.device(device or "cpu")
+        self.H = torch.zeros(self.cols, self.cols, dtype=torch.float64, device=self.device)
         self.nsamples = 0
 
     def add_batch(self, inp: torch.Tensor) -> None:
-        x = inp.reshape(-1, self.cols).to(torch.float32)
+        x = inp.reshape(-1, self.cols).to(self.device, torch.float32)
         n = x.shape[0]
         self.H *= self.nsamples / (self.nsamples + n)
         self.nsamples += n
         x = x * float(np.sqrt(2.0 / self.nsamples))
-        self.H += (x.T @ x).to(torch.float64)   # float32 products, float64 running sum
+        self.H += x.T @ x   # float32 products, float64 running sum (cast on the fly: no float64 copy)
 
-    def fasterquant(self, weight: torch.Tensor, cfg: QuantConfig) -> QuantResult:
-        if cfg.rotate:
-            return self._fasterquant_rotated(weight, cfg)
+    def fasterquant(self, weight: torch.Tensor, cfg: QuantConfig, row_chunk: int | None = None) -> QuantResult:
+        """Encodes `weight` (rows, cols). With `cfg.rotate` (MPQ2R) GPTQ works on the turned weights
+        R w against R H R^T (w.x = Rw.Rx), so salience, bitmap and compensation all live in the
+        turned basis; the weight returned is what dequantize_row_mpq2r decodes.
+
+        `row_chunk`: GPTQ on that many rows at a time (rounded up to a multiple of 64; rows are
+        independent given H), after the bitmap is chosen over the whole tensor: the same bytes,
+        with working memory that grows with the chunk instead of the rows."""
         if cfg.block_size % QK:
             raise ValueError(f"--block-size must be a multiple of {QK}")
-        W = weight.detach().to(torch.float32).clone()
-        H0 = self.H.clone()
-        H = H0.clone()
+        U, hinv_diag, importance, perm, dead = self._factor(cfg)
+        weight = weight.detach()
+        spans = _row_spans(self.rows, row_chunk)
+        kept = {spans[0]: self._prepare(weight[:spans[0][1]], cfg, dead)}   # one chunk: prepared once
+        prepared = lambda a, b: kept.pop((a, b)) if (a, b) in kept else self._prepare(weight[a:b], cfg, dead)
+        hd = hinv_diag if cfg.salience == "hessian" else None
+        scores = torch.cat([salience_scores(kept[span] if span in kept else prepared(*span), hd) for span in spans])
+        bitmap = select_bitmap(scores, cfg.salient_fraction)                         # (rows, words)
+        del scores
+        packed = np.empty((self.rows, self.cols // QK * 20), np.uint8)
+        Q = torch.empty((self.rows, self.cols), dtype=torch.float32, device=self.device)
+        num = den = 0.0
+        for a, b in spans:
+            W = prepared(a, b)
+            if cfg.gate:
+                bitmap[a:b] = gate_salient(W, importance, bitmap[a:b])
+            q, packed[a:b] = self._quantize_rows(W, bitmap[a:b], importance, U, perm, cfg)
+            del W
+            Q[a:b] = ct.unrotate(q) if cfg.rotate else q
+            w = weight[a:b].to(self.device, torch.float32)
+            num += _quadratic(w - Q[a:b], self.H)
+            den += _quadratic(w, self.H)
+        rel = float(np.sqrt(num / den)) if den > 0 else 0.0
+        return QuantResult(packed, Q, int(bitmap.sum()), bitmap.numel(), rel)
+
+    def _factor(self, cfg: QuantConfig):
+        """U = chol(H^-1) upper of the damped (and turned) Hessian, in one n x n float64 buffer
+        besides self.H: LAPACK works in column-major order, so the buffer is column-major and
+        every step runs in place on it (the values and bits of torch's own copies)."""
+        n = self.cols
+        H = torch.empty((n, n), dtype=torch.float64, device=self.device).mT
+        if cfg.rotate:
+            ct.rotate_hessian_into(self.H, H)
+        else:
+            H.copy_(self.H)
+        diag = H.diagonal()                     # a view: the steps below change H
         dead = torch.diag(H) == 0
-        H[dead, dead] = 1.0
-        W[:, dead] = 0.0
-        H += cfg.percdamp * torch.mean(torch.diag(H)) * torch.eye(self.cols, dtype=H.dtype)
-        Hinv = torch.cholesky_inverse(torch.linalg.cholesky(H))
+        diag[dead] = 1.0
+        diag += cfg.percdamp * torch.mean(torch.diag(H))   # the mean of a contiguous copy, as before: same bits
+        importance = torch.diag(H).to(torch.float32)
+        perm = torch.argsort(torch.diag(H), descending=True, stable=True) if cfg.act_order else None
+        torch.linalg.cholesky(H, out=H)
+        torch.cholesky_inverse(H, out=H)
+        hinv_diag = H.diagonal().clone()
+        if perm is not None:
+            H = H[perm]
+            H = H[:, perm]
+            U = torch.linalg.cholesky(H, upper=True)
+        else:
+            U = torch.linalg.cholesky(H, upper=True, out=H)
+        del H
+        U = U.to(torch.float32, memory_format=torch.contiguous_format)
+        return U, hinv_diag, importance, perm, dead
 
-        scores = salience_scores(W, torch.diag(Hinv) if cfg.salience == "hessian" else None)
-        bitmap = select_bitmap(scores, cfg.salient_fraction).numpy()              # (rows, words)
-        importance = torch.diag(H).to(torch.float32).numpy()
-        if cfg.gate:
-            bitmap = gate_salient(W.numpy(), importance, bitmap)
+    def _prepare(self, w: torch.Tensor, cfg: QuantConfig, dead: torch.Tensor) -> torch.Tensor:
+        """The rows GPTQ encodes: float32 on the device, turned for MPQ2R, dead inputs zeroed."""
+        w = w.to(self.device, torch.float32)
+        w = ct.rotate(w) if cfg.rotate else w.clone()
+        if bool(dead.any()):
+            w[:, dead] = 0.0
+        return w
 
-        perm = torch.argsort(torch.diag(H), descending=True, stable=True) if cfg.act_order else torch.arange(self.cols)
-        U = torch.linalg.cholesky(Hinv[perm][:, perm], upper=True).to(torch.float32)
-        Wp = W[:, perm]
-
-        nb = self.cols // QK
+    def _quantize_rows(self, W, bitmap, importance, U, perm, cfg):
+        """GPTQ of the rows W (rows, cols) with their bitmap: (the values they decode to, MPQ2 bytes).
+        Columns are kept transposed (cols, rows) so each column step reads contiguous memory."""
+        rows, nb = W.shape[0], self.cols // QK
         params: list[BlockParams | None] = [None] * nb
-        if cfg.act_order:  # static scales from the original weights: columns arrive out of order
-            for b in range(nb):
-                params[b] = self._block_params(W[:, b * QK:(b + 1) * QK], importance, bitmap, b)
-        Q = torch.zeros_like(W)
-        C2 = torch.zeros((self.rows, self.cols), dtype=torch.int64)
 
-        for i1 in range(0, self.cols, cfg.block_size):
-            i2 = min(i1 + cfg.block_size, self.cols)
-            W1 = Wp[:, i1:i2].clone()
-            Err1 = torch.zeros_like(W1)
+        def block_params(b, x):
+            return BlockParams(x, importance[b * QK:(b + 1) * QK], bitmap[:, b * WORDS:(b + 1) * WORDS])
+
+        QT = torch.empty((self.cols, rows), dtype=torch.float32, device=W.device)
+        CT = torch.empty((self.cols, rows), dtype=torch.uint8, device=W.device)
+        if cfg.method == "rtn":   # no compensation: the columns of a block are independent
+            for b in range(nb):
+                params[b] = block_params(b, W[:, b * QK:(b + 1) * QK])
+                QT[b * QK:(b + 1) * QK], CT[b * QK:(b + 1) * QK] = params[b].quantize_block(W[:, b * QK:(b + 1) * QK].T)
+        else:
+            if perm is not None:   # static scales from the original weights: columns arrive out of order
+                for b in range(nb):
+                    params[b] = block_params(b, W[:, b * QK:(b + 1) * QK])
+                W = W[:, perm]
+            self._gptq(W, U, perm, params, block_params, QT, CT, cfg.block_size)
+        return QT.T.contiguous(), self._pack(params, bitmap, CT)
+
+    @staticmethod
+    def _gptq(Wp, U, perm, params, block_params, QT, CT, block_size):
+        """GPTQ's lazy-batch loop over the (permuted) columns of Wp, updated in place."""
+        cols = Wp.shape[1]
+        order = perm.tolist() if perm is not None else range(cols)
+        Ud = U.diagonal()
+        for i1 in range(0, cols, block_size):
+            i2 = min(i1 + block_size, cols)
+            W1 = Wp[:, i1:i2].T.contiguous()                  # (columns, rows)
+            Q1, C1, Err1 = torch.empty_like(W1), torch.empty_like(W1), torch.empty_like(W1)
+            Urows = U[i1:i2, i1:i2, None].unbind(0)           # row i: (columns, 1)
             for i in range(i2 - i1):
-                col = int(perm[i1 + i])
+                col = order[i1 + i]
                 b, cb = divmod(col, QK)
                 if params[b] is None:   # natural order: block starts here, its columns are all in W1
-                    params[b] = self._block_params(W1[:, i:i + QK], importance, bitmap, b)
-                w = W1[:, i]
-                q, c2 = params[b].quantize_column(cb, w)
-                Q[:, col] = q
-                C2[:, col] = c2
-                if cfg.method == "gptq":
-                    err = (w - q) / U[i1 + i, i1 + i]
-                    W1[:, i:] -= err[:, None] * U[i1 + i, i1 + i:i2][None, :]
-                    Err1[:, i] = err
-            if cfg.method == "gptq":
-                Wp[:, i2:] -= Err1 @ U[i1:i2, i2:]
+                    params[b] = block_params(b, W1[i:i + QK].T)
+                w = W1[i]
+                q, C1[i] = params[b].quantize_column(cb, w, out=Q1[i])
+                err = Err1[i:i + 1]
+                torch.sub(w, q, out=err[0]).div_(Ud[i1 + i])
+                W1[i + 1:] -= Urows[i][i + 1:] * err
+            cols_here = torch.tensor(order[i1:i2], device=Wp.device) if perm is not None else slice(i1, i2)
+            QT[cols_here], CT[cols_here] = Q1, C1.to(torch.uint8)
+            # the same product (shapes and layout) as GPTQ's reference: the same bits
+            Wp[:, i2:] -= Err1.T.contiguous() @ U[i1:i2, i2:]
 
-        packed = self._pack(params, bitmap, C2)
-        delta = (W - Q).to(torch.float64)
-        num = torch.einsum("ij,jk,ik->", delta, H0, delta)
-        den = torch.einsum("ij,jk,ik->", weight.to(torch.float64), H0, weight.to(torch.float64))
-        rel = float(torch.sqrt(num / den)) if den > 0 else 0.0
-        return QuantResult(packed, Q, int(bitmap.sum()), bitmap.size, rel)
+    @staticmethod
+    def _pack(params: list[BlockParams], bitmap: torch.Tensor, CT: torch.Tensor) -> np.ndarray:
+        cpu = lambda ts: torch.cat(ts, dim=1).to(torch.int32).cpu().numpy()
+        c8 = cpu([p.c8 for p in params])
+        c2 = CT.T.cpu().numpy().reshape(bitmap.shape[0], -1, GROUP)
+        return codec.pack(cpu([p.dcode for p in params]), cpu([p.scale_code for p in params]),
+                          cpu([p.zero_code for p in params]), bitmap.cpu().numpy(), c8, c2)
 
-    def _fasterquant_rotated(self, weight: torch.Tensor, cfg: QuantConfig) -> QuantResult:
-        """MPQ2R: GPTQ of the rotated weights R w against the Hessian of the rotated inputs R x
-        (the same problem, since w.x = Rw.Rx), so salience, bitmap and compensation all live in
-        the rotated basis; the weight returned is what dequantize_row_mpq2r decodes."""
-        H0 = self.H
-        self.H = rotation.rotate_hessian(H0)
-        try:
-            wr = torch.from_numpy(rotation.rotate(weight.detach().to(torch.float32).numpy()))
-            res = self.fasterquant(wr, replace(cfg, rotate=False))
-        finally:
-            self.H = H0
-        res.weight = torch.from_numpy(rotation.unrotate(res.weight.numpy()))
-        return res
 
-    def _block_params(self, x: torch.Tensor, importance: np.ndarray, bitmap: np.ndarray, b: int) -> BlockParams:
-        return BlockParams(x.numpy(), importance[b * QK:(b + 1) * QK], bitmap[:, b * WORDS:(b + 1) * WORDS])
+def _row_spans(rows: int, chunk: int | None) -> list[tuple[int, int]]:
+    """Row ranges of at least 64 rows (a multiple of 64 but the last): the block update's matrix
+    product then gives each row the bits it gets in one product over all rows (MKL's sgemm
+    differs below 12 rows, measured)."""
+    if not chunk or chunk >= rows:
+        return [(0, rows)]
+    step = -(-chunk // QK) * QK
+    spans = [(a, min(a + step, rows)) for a in range(0, rows, step)]
+    if len(spans) > 1 and spans[-1][1] - spans[-1][0] < QK:
+        spans[-2:] = [(spans[-2][0], rows)]
+    return spans
 
-    def _pack(self, params: list[BlockParams], bitmap: np.ndarray, C2: torch.Tensor) -> np.ndarray:
-        rows = self.rows
-        dcode = np.concatenate([p.dcode for p in params], axis=1)
-        scale_code = np.concatenate([p.scale_code for p in params], axis=1)
-        zero_code = np.concatenate([p.zero_code for p in params], axis=1)
-        c8 = np.concatenate([p.c8 for p in params], axis=1)
-        c2 = C2.numpy().reshape(rows, -1, GROUP)
-        return codec.pack(dcode, scale_code, zero_code, bitmap, c8, c2)
+
+def _quadratic(X: torch.Tensor, H: torch.Tensor) -> float:
+    """sum_r x_r H x_r^T over the rows of X, from the blocks on and above H's diagonal (H is
+    symmetric: half the products): float32 products of slices (no n x n copy of H), float64 sums."""
+    total, n, bs = 0.0, H.shape[1], 1024
+    for c0 in range(0, n, bs):
+        c1 = min(c0 + bs, n)
+        Hc = H[:c1, c0:c1].to(torch.float32)
+        for r0 in range(0, X.shape[0], ERROR_ROWS):
+            x = X[r0:r0 + ERROR_ROWS]
+            xc = x[:, c0:c1].double()
+            total += 2.0 * float(((x[:, :c0] @ Hc[:c0]).double() * xc).sum())
+            total += float(((x[:, c0:c1] @ Hc[c0:]).double() * xc).sum())
+    return total
