@@ -69,12 +69,13 @@ class Progress:
     next_block: int = 0
     embd_done: bool = False
     rows: list[Row] = field(default_factory=list)
-    norm_ratios: list[float] = field(default_factory=list)
+    norm_ratios: list[float] = field(default_factory=list)     # held-out error after / before, per block
+    norm_kept: list[bool] = field(default_factory=list)        # whether the tuned gains were kept
     block_seconds: list[float] = field(default_factory=list)
 
     def stage(self) -> dict:
         return {"next_block": self.next_block, "embd_done": self.embd_done, "rows": [asdict(r) for r in self.rows],
-                "norm_ratios": self.norm_ratios, "block_seconds": self.block_seconds,
+                "norm_ratios": self.norm_ratios, "norm_kept": self.norm_kept, "block_seconds": self.block_seconds,
                 "done": f"{self.next_block} blocks"}
 
     def tensors(self) -> dict:
@@ -114,6 +115,7 @@ def convert(opts) -> Result:
             quantize_block(i, inp, skel, plan, opts, prog, out)
             run.checkpoint(out, prog.stage(), prog.tensors())
         encode_output(inp, skel, plan, opts, prog, out, run)
+        report_norms(opts, prog)
         out.close()
         run.finish(gguf_out.output_mode(opts.outfile))
     except ConvertError:
@@ -201,7 +203,7 @@ def restore(run, saved: dict, opts) -> Progress:
     acts = run.activations(opts.device)
     say(opts, f"resuming after {saved['next_block']} blocks")
     return Progress(acts["seqs"], acts["inputs"], acts["finputs"], saved["next_block"], saved["embd_done"],
-                    [Row(**r) for r in saved["rows"]], saved["norm_ratios"], saved["block_seconds"])
+                    [Row(**r) for r in saved["rows"]], saved["norm_ratios"], saved["norm_kept"], saved["block_seconds"])
 
 
 def encode_tied_embedding(inp: ModelInput, skel, plan: Plan, opts, prog: Progress, out: GGUFStream) -> None:
@@ -250,7 +252,9 @@ def quantize_block(i: int, inp: ModelInput, skel, plan: Plan, opts, prog: Progre
         prog.rows.append(row)
     del hessians
     if targets is not None:
-        prog.norm_ratios.append(norms.tune(block, prog.inputs, targets, opts.tune_norms))
+        tuned = norms.tune(block, prog.inputs, targets, opts.tune_norms)
+        prog.norm_ratios.append(float(tuned.ratio))
+        prog.norm_kept.append(bool(tuned.kept))
     for pname, p in block.named_parameters():
         mod = pname.rpartition(".")[0]
         if mod in weights and pname.endswith(".weight"):
@@ -328,8 +332,8 @@ def encode_output(inp: ModelInput, skel, plan: Plan, opts, prog: Progress, out: 
         float_weight = inp.source.get(plan.output.hf).to(opts.device)
         float_norm = copy.deepcopy(norm)
         target = norms.float_logits_of(float_norm, float_weight, prog.finputs if prog.finputs is not None else prog.inputs)
-        ratio = norms.tune_output(norm, decoded.to(opts.device), [hs for hs, _, _ in prog.inputs], target, opts.tune_norms)
-        say(opts, f"final norm tuned: KL divergence to the target logits x{ratio:.3f}")
+        tuned = norms.tune_output(norm, decoded.to(opts.device), [hs for hs, _, _ in prog.inputs], target, opts.tune_norms)
+        say(opts, f"final norm: {tuned.describe()}")
         del float_weight
     del decoded
     out.write(*inp.layout.values("model.norm.weight", norm.weight))
@@ -366,6 +370,15 @@ def read_back(part: Path, out: GGUFStream, w: Weight) -> torch.Tensor:
             gguf.quants.dequantize(np.asarray(raw[lo:hi]), qtype_of(w.type)), dtype=np.float32).reshape(hi - lo, -1))
     del raw
     return decoded if w.order is None else decoded[torch.from_numpy(np.argsort(w.order))]
+
+
+def report_norms(opts, prog: Progress) -> None:
+    if not prog.norm_ratios:
+        return
+    kept = [r for r, k in zip(prog.norm_ratios, prog.norm_kept) if k]
+    say(opts, f"norm gains: tuned gains kept in {len(kept)} of {len(prog.norm_ratios)} blocks "
+              f"(held-out error x{np.mean(kept) if kept else 1.0:.3f} on average where kept); the others keep "
+              f"their float gains, which did better on the held-out calibration sequences")
 
 
 def blocks_bar(opts, start: int, stop: int, desc: str = "blocks"):
