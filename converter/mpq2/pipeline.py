@@ -222,7 +222,7 @@ def encode_tied_embedding(inp: ModelInput, skel, plan: Plan, opts, prog: Progres
         for hs, _, _ in h:
             g.add_batch(norm(hs))
     del h
-    data, decoded, row = encode_weight(plan.output, weight, g, opts)
+    data, decoded, row = encode_weight(plan.output, weight, g, opts, ROW_CHUNK)
     out.write(plan.output.name, data)
     prog.rows.append(row)
     embeds = skeleton.embed(lambda rows: decoded[rows].cpu(), prog.seqs, ROW_CHUNK)
@@ -290,17 +290,16 @@ def collect_hessians(block, inputs: list, names: list[str], opts) -> dict[str, M
 
 
 def new_gptq(weight: torch.Tensor, opts) -> MPQ2GPTQ:
-    import inspect
-    if "device" in inspect.signature(MPQ2GPTQ).parameters:   # TEMP until gptq.py takes a device
-        return MPQ2GPTQ(weight, device=opts.device)
-    return MPQ2GPTQ(weight)
+    return MPQ2GPTQ(weight, device=opts.device)
 
 
-def encode_weight(w: Weight, weight: torch.Tensor, gptq: MPQ2GPTQ | None, opts) -> tuple[np.ndarray, torch.Tensor, Row]:
+def encode_weight(w: Weight, weight: torch.Tensor, gptq: MPQ2GPTQ | None, opts,
+                  row_chunk: int | None = None) -> tuple[np.ndarray, torch.Tensor, Row]:
     """A weight's bytes in GGUF row order, the values llama.cpp will decode them to (HF row
-    order, for the model to continue with), and its summary line."""
+    order, for the model to continue with), and its summary line. `row_chunk`: GPTQ's working
+    copies for that many rows at a time (the same bytes), for a 128k-row output projection."""
     if w.type in OUR_TYPES:
-        res = gptq.fasterquant(weight, replace(opts.cfg, rotate=w.type == "mpq2r"))
+        res = gptq.fasterquant(weight, replace(opts.cfg, rotate=w.type == "mpq2r"), row_chunk=row_chunk)
         data, decoded = res.packed, res.weight
         row = Row(w.name, w.type, f"{res.n_salient}/{res.n_words}", BITS_PER_WEIGHT, f"{res.rel_output_error:.4f}")
     else:
@@ -324,7 +323,7 @@ def encode_output(inp: ModelInput, skel, plan: Plan, opts, prog: Progress, out: 
         with torch.no_grad():
             for hs, _, _ in (prog.inputs if g else []):
                 g.add_batch(norm(hs))
-        data, decoded, row = encode_weight(plan.output, weight, g, opts)
+        data, decoded, row = encode_weight(plan.output, weight, g, opts, ROW_CHUNK)
         prog.rows.append(row)
         del weight, g
     if opts.tune_norms and opts.tune_output_norm:
