@@ -130,22 +130,21 @@ def d_codes(umax: torch.Tensor) -> torch.Tensor:
 
 
 def _candidates(like: torch.Tensor):
-    """Scale multiplier, zero steps and zero integers of the 8 x 4 (j, z) pairs in codec's loop
-    order (j outer), each (32, 1), float32 (all exact)."""
-    j = np.repeat(np.arange(len(SCALE_MULT)), len(ZERO2))
-    z = np.tile(np.arange(len(ZERO2)), len(SCALE_MULT))
-    m = _t(SCALE_MULT[j].astype(F), like)[:, None]
-    return m, _t(ZERO_STEPS[z], like)[:, None], _t(ZERO2[z].astype(F), like)[:, None]
+    """Scale multipliers (8, 1, 1), zero steps and zero integers (4, 1) of the 8 x 4 (j, z)
+    pairs, float32 (all exact); flattened j-major they are codec's loop order."""
+    m = _t(SCALE_MULT.astype(F), like)[:, None, None]
+    return m, _t(ZERO_STEPS, like)[:, None], _t(ZERO2.astype(F), like)[:, None]
 
 
 def _errors2(x16, w16, dd, m, zs, zi):
     """Weighted error of every word (n) at every (j, z) candidate (32, n) as 2-bit codes, as
-    codec._encode_words: diff = x - dd * float(m * (16 c - zint))."""
-    step = dd[None, :] * (m * float(GRID_STEP))                               # (32, n)
-    x = x16[:, None, :]
-    v = _code2_(x / step + zs).mul_(float(GRID_STEP)).sub_(zi).mul_(m)    # exact integers
-    diff = v.mul_(dd).neg_().add_(x)                                          # x + (-q) == x - q
-    return wsum((w16[:, None, :] * diff).mul_(diff))
+    codec._encode_words: diff = x - dd * float(m * (16 c - zint)). x / step is the same for
+    the 4 zero codes of a scale code: one division per scale code."""
+    step = dd * (m[:, 0] * float(GRID_STEP))                                   # (8, n)
+    t = (x16[:, None, :] / step)[:, :, None, :] + zs                           # (16, 8, 4, n)
+    v = _code2_(t).mul_(float(GRID_STEP)).sub_(zi).mul_(m)                  # exact integers
+    diff = v.mul_(dd).neg_().add_(x16[:, None, None, :])                       # x + (-q) == x - q
+    return wsum((w16[:, None, None, :] * diff).mul_(diff)).reshape(len(SCALE_MULT) * len(ZERO2), -1)
 
 
 def _errors8(x16, w16, dd, means, mult):
@@ -180,7 +179,7 @@ def choose_scales(x: torch.Tensor, w: torch.Tensor, salient: torch.Tensor, unit:
     if idx.numel():   # int8 words try zero code 0 only, with their int8 error
         xs, ws, ds = x16[:, idx], w16[:, idx], dd[idx]
         means = means4(xs, ws)
-        err8 = _errors8(xs, ws, ds, means, m[::len(ZERO2)])
+        err8 = _errors8(xs, ws, ds, means, m[:, 0])
         err[:, idx] = torch.inf
         err[::len(ZERO2), idx] = err8
     err = torch.where(torch.isnan(err), torch.inf, err)
