@@ -54,11 +54,33 @@ def hidden(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+# Sequences per forward in run_block and collect: batched matrix products ran a SmolLM2 block
+# 1.8x faster than one sequence at a time on 2 cores (8 x 512 tokens against 8 x 1).
+BATCH_TOKENS = 4096
+
+
+def batches(inputs: list[tuple]):
+    """Consecutive calibration inputs stacked into batches of up to BATCH_TOKENS tokens:
+    (hidden (b, L, dim), args, kwargs, b). Every sequence has the same length, so the first's
+    masks and rotary embeddings (batch dimension 1) serve the whole batch."""
+    i = 0
+    while i < len(inputs):
+        hs0, args, kwargs = inputs[i]
+        per = max(1, BATCH_TOKENS // max(1, hs0.shape[-2]))
+        j = i + 1
+        while j < len(inputs) and j - i < per and inputs[j][0].shape == hs0.shape:
+            j += 1
+        yield (hs0 if j == i + 1 else torch.cat([inputs[k][0] for k in range(i, j)])), args, kwargs, j - i
+        i = j
+
+
 @torch.no_grad()
 def run_block(block: nn.Module, inputs: list[tuple]) -> list[tuple]:
     outs = []
-    for hs, args, kwargs in inputs:
-        outs.append((hidden(block(hs, *args, **kwargs)).detach(), args, kwargs))
+    for hs, args, kwargs, n in batches(inputs):
+        out = hidden(block(hs, *args, **kwargs)).detach()
+        for k, (_, a, kw) in enumerate(inputs[len(outs):len(outs) + n]):
+            outs.append((out[k:k + 1].clone() if n > 1 else out, a, kw))
     return outs
 
 
@@ -93,7 +115,7 @@ def collect(block: nn.Module, inputs: list[tuple], sinks: dict[str, Callable[[to
     mods = linear_modules(block)
     hooks = [mods[name].register_forward_hook(lambda m, i, o, f=fn: f(i[0])) for name, fn in sinks.items()]
     try:
-        for hs, args, kwargs in inputs:
+        for hs, args, kwargs, _ in batches(inputs):
             block(hs, *args, **kwargs)
     finally:
         for h in hooks:
