@@ -322,7 +322,8 @@ def fit(rows, feats, target, label):
     work = X.sum(axis=1)
     c = float(y.sum() / work.sum()) if work.sum() > 0 else 0.0
     return [c] * X.shape[1], (f"{label}: {len(rows)} row(s), rank {rank} < {X.shape[1]} terms or too few rows: "
-                              f"one coefficient on the summed terms ({c:.3g} core-s per multiply-add)")
+                              f"one coefficient on the summed terms ({c:.3g} core-s per multiply-add; any fixed cost is "
+                              f"counted as work, so an upper bound)")
 
 
 def predict(rows: list[dict], source: Path = DEFAULT_RESULTS) -> str:
