@@ -134,6 +134,10 @@ class BlockParams:
         q = torch.mul(c, self.rows_A[word], out=out)
         return q.add_(self.rows_B[col_in_block // 4]), c
 
+    def release(self) -> None:
+        """Drops the per-column grids once the block is encoded (packing needs the codes only)."""
+        self.S = self.Z = self.A = self.B = self.rows_S = self.rows_Z = self.rows_A = self.rows_B = None
+
     def quantize_block(self, wt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """quantize_column for all 64 columns at once, wt (64, rows): round to nearest."""
         t = wt / self.S.repeat_interleave(GROUP, 0) + self.Z.repeat_interleave(GROUP, 0)
@@ -232,8 +236,7 @@ class MPQ2GPTQ:
 
     def _prepare(self, w: torch.Tensor, cfg: QuantConfig, dead: torch.Tensor) -> torch.Tensor:
         """The rows GPTQ encodes: float32 on the device, turned for MPQ2R, dead inputs zeroed."""
-        w = w.to(self.device, torch.float32)
-        w = ct.rotate(w) if cfg.rotate else w.clone()
+        w = ct.rotate(w.to(self.device)) if cfg.rotate else w.to(self.device, torch.float32, copy=True)
         if bool(dead.any()):
             w[:, dead] = 0.0
         return w
@@ -253,6 +256,7 @@ class MPQ2GPTQ:
             for b in range(nb):
                 params[b] = block_params(b, W[:, b * QK:(b + 1) * QK])
                 QT[b * QK:(b + 1) * QK], CT[b * QK:(b + 1) * QK] = params[b].quantize_block(W[:, b * QK:(b + 1) * QK].T)
+                params[b].release()
         else:
             if perm is not None:   # static scales from the original weights: columns arrive out of order
                 for b in range(nb):
@@ -284,6 +288,9 @@ class MPQ2GPTQ:
                 W1[i + 1:] -= Urows[i][i + 1:] * err
             cols_here = torch.tensor(order[i1:i2], device=Wp.device) if perm is not None else slice(i1, i2)
             QT[cols_here], CT[cols_here] = Q1, C1.to(torch.uint8)
+            if perm is None:
+                for b in range(i1 // QK, i2 // QK):
+                    params[b].release()
             # the same product (shapes and layout) as GPTQ's reference: the same bits
             Wp[:, i2:] -= Err1.T.contiguous() @ U[i1:i2, i2:]
 
@@ -318,7 +325,7 @@ def _quadratic(X: torch.Tensor, H: torch.Tensor) -> float:
         Hc = H[:c1, c0:c1].to(torch.float32)
         for r0 in range(0, X.shape[0], ERROR_ROWS):
             x = X[r0:r0 + ERROR_ROWS]
-            xc = x[:, c0:c1].double()
-            total += 2.0 * float(((x[:, :c0] @ Hc[:c0]).double() * xc).sum())
-            total += float(((x[:, c0:c1] @ Hc[c0:]).double() * xc).sum())
+            xc = x[:, c0:c1]
+            total += 2.0 * float((x[:, :c0] @ Hc[:c0]).mul_(xc).sum(dtype=torch.float64))
+            total += float((xc @ Hc[c0:]).mul_(xc).sum(dtype=torch.float64))
     return total
