@@ -376,3 +376,12 @@ def test_select_bitmap_ties_go_to_the_lower_index_and_nan_last():
     want = np.zeros(flat.size, bool)
     want[order] = True
     np.testing.assert_array_equal(select_bitmap(big, 0.3).flatten().numpy(), want)
+
+
+def test_beats_fit2_is_the_comparison_with_the_whole_fit():
+    x, w = words(900, seed=8)
+    x16, w16 = torch.from_numpy(x.T.copy()), torch.from_numpy(w.T.copy())
+    _, err2 = ct.fit2_words(x16, w16)
+    _, err8 = ct.fit8(x16, w16)
+    for e in (err8, err2, err2 * 1.0000001, err2 * 0.9999999, torch.full_like(err2, float("nan"))):
+        np.testing.assert_array_equal(ct.beats_fit2(x16, w16, e).numpy(), (e < err2).numpy())

@@ -86,14 +86,12 @@ def fit8(x16: torch.Tensor, w16: torch.Tensor, means: torch.Tensor | None = None
     return _fmax0(mean.abs(), 0) / 127.0, err
 
 
-def fit2(x16: torch.Tensor, w16: torch.Tensor):
-    """Best unscaled 2-bit fit per word over every zero offset and fit step, as codec._fit2:
-    (unit, error), each (n,). x16, w16: (16, n). The 4 x 16 (zero, step) candidates in
-    codec's loop order; the first strictly smallest error wins, as there."""
-    amax = _fmax0(x16.abs(), 0)
-    steps = torch.from_numpy(np.array([F(0.3) + F(0.025) * F(t) for t in range(N_FIT_STEPS)], F)).to(x16.device)
-    z = _t(np.repeat(ZERO_STEPS, N_FIT_STEPS), x16)[:, None]                  # (64, 1)
-    s = amax[None, :] * steps.repeat(len(ZERO_STEPS))[:, None]                 # (64, n)
+def _fit2_candidates(x16: torch.Tensor, w16: torch.Tensor, amax: torch.Tensor, steps: np.ndarray):
+    """Error and step of each word (n) at each (zero, fit step) candidate (4 * len(steps), n),
+    as one iteration of codec._fit2's loop; inf where the candidate does not count there."""
+    ts = np.array([F(0.3) + F(0.025) * F(t) for t in steps], F)
+    z = _t(np.repeat(ZERO_STEPS, len(ts)), x16)[:, None]                      # (k, 1)
+    s = amax[None, :] * _t(np.tile(ts, len(ZERO_STEPS)), x16)[:, None]         # (k, n)
     x = x16[:, None, :]
     w = w16[:, None, :]
     l = _code2_(x / s + z).sub_(z)
@@ -104,7 +102,15 @@ def fit2(x16: torch.Tensor, w16: torch.Tensor):
     l2 = _code2_(x / s2 + z).sub_(z)
     diff = x - s2 * l2
     err = wsum((w * diff) * diff)
-    err = torch.where(ok & ~torch.isnan(err), err, torch.inf)
+    return torch.where(ok & ~torch.isnan(err), err, torch.inf), s2
+
+
+def fit2(x16: torch.Tensor, w16: torch.Tensor):
+    """Best unscaled 2-bit fit per word over every zero offset and fit step, as codec._fit2:
+    (unit, error), each (n,). x16, w16: (16, n). The 4 x 16 (zero, step) candidates in
+    codec's loop order; the first strictly smallest error wins, as there."""
+    amax = _fmax0(x16.abs(), 0)
+    err, s2 = _fit2_candidates(x16, w16, amax, np.arange(N_FIT_STEPS))
     best = err.argmin(0, keepdim=True)                                      # first minimum
     best_err = err.gather(0, best)[0]
     best_s = s2.gather(0, best)[0]
@@ -112,6 +118,20 @@ def fit2(x16: torch.Tensor, w16: torch.Tensor):
     best_s = torch.where(none, amax * 0.5, best_s)
     best_err = torch.where(none, wsum((w16 * x16) * x16), best_err)
     return best_s / float(GRID_STEP), best_err
+
+
+def beats_fit2(x16: torch.Tensor, w16: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
+    """err < fit2(x16, w16)[1], word by word, with less work: a word that one of 16 of the 64
+    candidates fits at least as well is decided (its best fit can only be better still); only
+    the others take the whole search."""
+    out = torch.zeros(err.shape, dtype=torch.bool, device=err.device)
+    for a in range(0, x16.shape[1], WORDS_PER_CHUNK):
+        x, w, e = x16[:, a:a + WORDS_PER_CHUNK], w16[:, a:a + WORDS_PER_CHUNK], err[a:a + WORDS_PER_CHUNK]
+        quick, _ = _fit2_candidates(x, w, _fmax0(x.abs(), 0), np.arange(0, N_FIT_STEPS, 5))
+        open_ = (~(quick <= e[None, :]).any(0)).nonzero()[:, 0]
+        if open_.numel():
+            out[a + open_] = e[open_] < fit2(x[:, open_], w[:, open_])[1]
+    return out
 
 
 def fit2_words(x16: torch.Tensor, w16: torch.Tensor):

@@ -76,10 +76,9 @@ def gate_salient(W, importance, candidates):
     r, c = candidates.nonzero(as_tuple=True)
     x16 = W.reshape(W.shape[0], -1, GROUP)[r, c].to(torch.float32).T     # (16, k)
     w16 = importance.reshape(-1, GROUP)[c].to(torch.float32).T
-    _, err2 = ct.fit2_words(x16, w16)
     _, err8 = ct.fit8(x16, w16)
     keep = torch.zeros(candidates.shape, dtype=torch.bool, device=candidates.device)
-    keep[r, c] = err8 < err2
+    keep[r, c] = ct.beats_fit2(x16, w16, err8)           # err8 < the best 2-bit fit's error
     return keep
 
 
