@@ -12,6 +12,8 @@ codec.py's numpy mirror on CPU); only the final packing goes through numpy.
 """
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -160,6 +162,16 @@ class MPQ2GPTQ:
         self.device = torch.device(device or "cpu")
         self.H = torch.zeros(self.cols, self.cols, dtype=torch.float64, device=self.device)
         self.nsamples = 0
+
+    def sharing(self, weight_or_shape) -> "MPQ2GPTQ":
+        """An encoder for another layer with the same input (q/k/v, gate/up): it reads this one's
+        Hessian, not a copy, so it must be made after the last add_batch."""
+        other = copy.copy(self)
+        other.rows, cols = (int(v) for v in (weight_or_shape.shape if isinstance(weight_or_shape, torch.Tensor)
+                                             else weight_or_shape))
+        if cols != self.cols:
+            raise ValueError(f"a layer of {cols} inputs cannot share a Hessian of {self.cols}")
+        return other
 
     def add_batch(self, inp: torch.Tensor) -> None:
         x = inp.reshape(-1, self.cols).to(self.device, torch.float32)

@@ -283,9 +283,7 @@ def collect_hessians(block, inputs: list, names: list[str], opts) -> dict[str, M
     hessians = {}
     for members, g in groups:
         for n in members:
-            h = g if n == members[0] else new_gptq(linears[n].weight, opts)
-            h.H, h.nsamples = g.H, g.nsamples       # one Hessian, read by every layer of the group
-            hessians[n] = h
+            hessians[n] = g if n == members[0] else g.sharing(linears[n].weight)
     return hessians
 
 
