@@ -46,3 +46,22 @@ def perplexity(model: Path, text_file: Path, ctx: int, threads: int = 1) -> floa
 def tensor_types(gguf_path: Path) -> dict[str, str]:
     import gguf
     return {t.name: t.tensor_type.name for t in gguf.GGUFReader(gguf_path).tensors}
+
+
+CONVERT = REPO / "converter" / "convert_mpq.py"
+FAST = ["--nsamples", "8", "--seqlen", "64", "--quiet"]     # a short calibration for the tiny models
+
+
+def convert(*args, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    """convert_mpq.py in a child process, as a user runs it."""
+    return run([sys.executable, CONVERT, *args], check=check, timeout=timeout)
+
+
+def assert_clean_failure(proc, out: Path, *needles: str) -> None:
+    """A clear error (exit 1, no traceback, each needle in it) and nothing left at or beside `out`."""
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith((f".{out.name}.", ".mpq2-", out.name))]

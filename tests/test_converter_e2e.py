@@ -3,7 +3,6 @@ GGUF input, determinism, and every bad input giving a clear error and no output 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -18,12 +17,7 @@ import e2e_helpers as h
 import tiny_llama
 
 pytestmark = pytest.mark.slow
-CONVERT = h.REPO / "converter" / "convert_mpq.py"
-FAST = ["--nsamples", "8", "--seqlen", "64", "--quiet"]
-
-
-def convert(*args, check=True, timeout=600):
-    return h.run([sys.executable, CONVERT, *args], check=check, timeout=timeout)
+CONVERT, FAST, convert, assert_clean_failure = h.CONVERT, h.FAST, h.convert, h.assert_clean_failure
 
 
 @pytest.fixture(scope="module")
@@ -207,15 +201,6 @@ def test_no_overwrite_without_force(tiny):
     proc = convert(tiny["hf"], "-o", tiny["out"], *FAST, check=False)
     assert proc.returncode == 1 and "--force" in proc.stderr
     assert tiny["out"].read_bytes() == before
-
-
-def assert_clean_failure(proc, out: Path, *needles: str):
-    assert proc.returncode != 0
-    for needle in needles:
-        assert needle in proc.stderr, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if p.name.startswith((f".{out.name}.", ".mpq2-", out.name))]
 
 
 def test_missing_path(tmp_path):

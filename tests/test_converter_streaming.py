@@ -5,7 +5,6 @@ bad indexes and bad --resume requests get a clear error and leave nothing."""
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import sys
@@ -18,12 +17,7 @@ import e2e_helpers as h
 import tiny_llama
 
 pytestmark = pytest.mark.slow
-CONVERT = h.REPO / "converter" / "convert_mpq.py"
-FAST = ["--nsamples", "8", "--seqlen", "64", "--quiet"]
-
-
-def convert(*args, check=True, timeout=600):
-    return h.run([sys.executable, CONVERT, *args], check=check, timeout=timeout)
+CONVERT, FAST, convert, assert_clean_failure = h.CONVERT, h.FAST, h.convert, h.assert_clean_failure
 
 
 @pytest.fixture(scope="module")
@@ -160,15 +154,6 @@ def _damaged_copy(models, tmp_path, name) -> tuple[Path, Path]:
     return bad, index
 
 
-def assert_clean_failure(proc, out: Path, *needles: str):
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    for needle in needles:
-        assert needle in proc.stderr, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(out.name)]
-
-
 def test_missing_shard(models, tmp_path):
     bad, index = _damaged_copy(models, tmp_path, "missing")
     shard = sorted(set(index["weight_map"].values()))[1]
@@ -195,7 +180,7 @@ def test_index_naming_a_missing_tensor(models, tmp_path):
 
 
 def _peak_rss_mb(model: Path, out: Path) -> float:
-    proc = convert(model, "-o", out, "--nsamples", "4", "--seqlen", "64", "--tune-norms", "0", "--report", out.with_suffix(".json"))
+    convert(model, "-o", out, "--nsamples", "4", "--seqlen", "64", "--tune-norms", "0", "--report", out.with_suffix(".json"))
     return json.loads(out.with_suffix(".json").read_text())["peak_rss_mb"]
 
 

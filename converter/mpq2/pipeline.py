@@ -225,7 +225,7 @@ def encode_tied_embedding(inp: ModelInput, skel, plan: Plan, opts, prog: Progres
     data, decoded, row = encode_weight(plan.output, weight, g, opts, ROW_CHUNK)
     out.write(plan.output.name, data)
     prog.rows.append(row)
-    embeds = skeleton.embed(lambda rows: decoded[rows].cpu(), prog.seqs, ROW_CHUNK)
+    embeds = skeleton.embed(lambda rows, d=decoded: d[rows].cpu(), prog.seqs, ROW_CHUNK)
     del decoded, weight, g
     prog.inputs = capture.first_block_inputs(skel, embeds.to(opts.device))
     prog.embd_done = True
@@ -356,7 +356,7 @@ def encode_rows(source: Source, w: Weight, out: GGUFStream) -> None:
 def read_back(part: Path, out: GGUFStream, w: Weight) -> torch.Tensor:
     """A weight already written, decoded from the output file (row chunks), in HF row order."""
     import gguf
-    idx = next(i for i, s in enumerate(out.specs) if s.name == w.name)
+    idx = [s.name for s in out.specs].index(w.name)
     spec = out.specs[idx]
     rows = w.shape[0]
     raw = np.memmap(part, dtype=np.uint8, mode="r", offset=out.offsets[idx], shape=(rows, spec.nbytes // rows))

@@ -39,9 +39,6 @@ class Plan:
     specs: list[TensorSpec] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)   # fallbacks, said to the user
 
-    def spec_index(self, name: str) -> int:
-        return next(i for i, s in enumerate(self.specs) if s.name == name)
-
 
 def qtype_of(type_name: str) -> gguf.GGMLQuantizationType:
     return OUR_TYPES[type_name][0] if type_name in OUR_TYPES else OTHER_TYPES[type_name]
