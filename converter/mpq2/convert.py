@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                + ". Metadata, tokenizer and norms come from llama.cpp's convert_hf_to_gguf.py (or the input GGUF). "
                  "Both kinds of MPQ2 word cost 32 bits, so --salient-fraction trades precision, never size.")
     p.add_argument("model", type=Path, help="Hugging Face model directory (config.json, safetensors, tokenizer) "
-                                            "or a GGUF file (F32/F16/BF16/Q8_0/Q4_x), read through transformers")
+                                            "or a GGUF file (F32/F16/BF16/Q8_0/Q4_x); read lazily, one block at a time")
     p.add_argument("-o", "--outfile", type=Path, required=True, help="output GGUF")
     p.add_argument("--force", action="store_true",
                    help="overwrite --outfile if it exists, and discard an interrupted run's state instead of resuming it")
