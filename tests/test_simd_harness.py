@@ -1,7 +1,8 @@
 """Builds the standalone kernel check (tests/simd/mpq2_kernel_check.c) for every SIMD path we
 ship and runs it: x86 AVX-512 and AVX2 natively, AArch64 NEON (with and without dotprod) under
-qemu-user. Each run compares ggml_vec_dot_mpq2_q8_0 (the SIMD kernel for that target) with the
-scalar reference and an exact float64 sum.
+qemu-user. Each run compares ggml_vec_dot_mpq2_q8_0 and the repacked 16-row kernel
+ggml_mpq2x16_mul (the SIMD kernels for that target) with the scalar references and an exact
+float64 sum.
 
 Needs the patched llama.cpp headers (LLAMA_MPQ2_SRC_DIR, else llama.cpp-src next to
 LLAMA_MPQ2_LIB_DIR, else build/llama.cpp-src) and, for AArch64, the Debian packages
@@ -104,8 +105,16 @@ def test_x86_kernels(tmp_path, name, flags, kernel, x16_kernel, needs):
     print(out)
 
 
-@pytest.mark.parametrize("march,kernel", [("armv8.2-a+dotprod", "neon_dotprod"), ("armv8-a", "neon")])
-def test_aarch64_neon_under_qemu(tmp_path, march, kernel):
+# (-march, the qemu CPU to run it on, vec_dot kernel, repacked 16-row kernel): the build without
+# dotprod runs on a Cortex-A53 (ARMv8.0), where any sdot would be an illegal instruction
+AARCH64_TARGETS = [
+    ("armv8.2-a+dotprod", "max", "neon_dotprod", "neon_dotprod"),
+    ("armv8-a", "cortex-a53", "neon", "neon"),
+]
+
+
+@pytest.mark.parametrize("march,qemu_cpu,kernel,x16_kernel", AARCH64_TARGETS, ids=[t[0] for t in AARCH64_TARGETS])
+def test_aarch64_neon_under_qemu(tmp_path, march, qemu_cpu, kernel, x16_kernel):
     cc = shutil.which("aarch64-linux-gnu-gcc")
     qemu = shutil.which("qemu-aarch64")
     sysroot = Path("/usr/aarch64-linux-gnu")
@@ -113,4 +122,6 @@ def test_aarch64_neon_under_qemu(tmp_path, march, kernel):
         pytest.fail(f"AArch64 cross toolchain or qemu missing (aarch64-linux-gnu-gcc: {cc}, qemu-aarch64: {qemu}): "
                     f"apt-get install -y {CROSS_PACKAGES}")
     exe = build(cc, [f"-march={march}"], tmp_path / f"check-{march}")
-    print(run([qemu, "-L", str(sysroot), str(exe)], kernel))
+    out = run([qemu, "-cpu", qemu_cpu, "-L", str(sysroot), str(exe)], kernel)
+    assert f"x16_kernel={x16_kernel}\n" in out, out[:500]
+    print(out)

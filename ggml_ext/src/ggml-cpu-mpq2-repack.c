@@ -1,5 +1,6 @@
 // MPQ2 x Q8_0 over 16 interleaved rows (see ggml-cpu-mpq2-repack.h): the repacking, the
-// activation sums, the scalar reference and the x86 kernels (AVX-512, AVX2). The scalar version
+// activation sums, the scalar reference and the SIMD kernels (x86: AVX-512, AVX2; AArch64: NEON
+// with or without dotprod). The scalar version
 // stays the reference for tests; the CPU backend repacks only where a SIMD kernel exists.
 #define GGML_COMMON_DECL_C
 #include "ggml-common.h"
@@ -84,6 +85,8 @@ void ggml_mpq2x16_mul_generic(int n, float * s, size_t bs, const block_mpq2x16 *
 
 #if defined(__AVX2__) || (defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__))
 #include "arch/x86/mpq2-repack.c"
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+#include "arch/arm/mpq2-repack.c"
 #endif
 
 void ggml_mpq2x16_mul(int n, float * s, size_t bs, const block_mpq2x16 * x, int64_t ngroups,

@@ -104,8 +104,8 @@ static void check(const char * what, int n) {
     }
 }
 
-// The repacked 16-row kernel (CPU_REPACK buffers): 32 rows (two groups) built by fill(), up to
-// 11 columns (so the 8-, 4-, 2- and 1-column paths all run), against the exact float64 dot;
+// The repacked 16-row kernel (CPU_REPACK buffers): 32 rows (two groups) built by fill(), 1 to
+// 11 columns (so every column tile and remainder of every kernel runs), against the exact float64 dot;
 // the scalar x16 reference must equal the scalar vec_dot bit for bit (same integers, same order).
 #define X16_ROWS 32
 #define X16_COLS 11
@@ -129,27 +129,34 @@ static void check_x16(const char * what, int n, void (*fill)(int n, int arg), in
         memcpy(ACT[c], YC[c], sizeof(block_q8_0) * nby);
         ggml_mpq2_act_finish(ACT[c], n, &act[c]);
     }
+    // the exact dot, its scale and the scalar vec_dot of every (column, row), once
+    static double ref[X16_COLS * X16_ROWS], asum[X16_COLS * X16_ROWS];
+    static float  one[X16_COLS * X16_ROWS];
+    for (int c = 0; c < X16_COLS; ++c) {
+        memcpy(Y, YC[c], sizeof(block_q8_0) * nby);
+        for (int r = 0; r < X16_ROWS; ++r) {
+            memcpy(X, XR[r], sizeof(block_mpq2) * nbx);
+            ggml_vec_dot_mpq2_q8_0_generic(n, &one[c*X16_ROWS + r], 0, X, 0, Y, 0, 1);
+            ref[c*X16_ROWS + r] = reference(n, &asum[c*X16_ROWS + r]);
+        }
+    }
     static float got[X16_COLS * X16_ROWS], gen[X16_COLS * X16_ROWS];
-    for (int ncols = 1; ncols <= X16_COLS; ncols += 2) {   // 1, 3, 5, ..., 11 columns
+    // the scalar x16 reference, which works column by column
+    ggml_mpq2x16_mul_generic(n, gen, X16_ROWS, XP, X16_ROWS / MPQ2_RP_ROWS, act, X16_COLS);
+    for (int ncols = 1; ncols <= X16_COLS; ++ncols) {   // every column count: each SIMD tile and remainder
         ggml_mpq2x16_mul(n, got, X16_ROWS, XP, X16_ROWS / MPQ2_RP_ROWS, act, ncols);
-        ggml_mpq2x16_mul_generic(n, gen, X16_ROWS, XP, X16_ROWS / MPQ2_RP_ROWS, act, ncols);
         for (int c = 0; c < ncols; ++c) {
-            memcpy(Y, YC[c], sizeof(block_q8_0) * nby);
             for (int r = 0; r < X16_ROWS; ++r) {
-                memcpy(X, XR[r], sizeof(block_mpq2) * nbx);
-                float one = NAN;
-                ggml_vec_dot_mpq2_q8_0_generic(n, &one, 0, X, 0, Y, 0, 1);
-                double asum;
-                const double ref = reference(n, &asum);
-                const float g = got[c*X16_ROWS + r];
-                const double err = fabs((double) g - ref);
+                const int i = c*X16_ROWS + r;
+                const float g = got[i];
+                const double err = fabs((double) g - ref[i]);
                 n_cases++;
-                if (asum > 0 && err / asum > worst_rel) worst_rel = err / asum;
-                if (!(err <= REL_TOL * asum + 1e-30) || memcmp(&one, &gen[c*X16_ROWS + r], sizeof(float)) != 0) {
+                if (asum[i] > 0 && err / asum[i] > worst_rel) worst_rel = err / asum[i];
+                if (!(err <= REL_TOL * asum[i] + 1e-30) || memcmp(&one[i], &gen[i], sizeof(float)) != 0) {
                     n_fail++;
                     if (n_fail <= 20) {
                         fprintf(stderr, "FAIL x16 %-24s n=%5d ncols=%d row %2d col %d: simd=%.9g generic=%.9g vec_dot=%.9g ref=%.9g\n",
-                                what, n, ncols, r, c, g, gen[c*X16_ROWS + r], one, ref);
+                                what, n, ncols, r, c, g, gen[i], one[i], ref[i]);
                     }
                 }
             }
