@@ -15,8 +15,8 @@
 //           repacked header's 5-bit (scale code | zero code << 3), and applied with one mla and
 //           one mls by element. The 8 goes into the block scale (exact: a power of two).
 // The two words of one Q8_0 block are summed (|sum| < 2^24: exact in float) and accumulated
-// times d * d_q8 per lane. One column reads all 16 rows of a block at once (the activations
-// are loaded once per block); more columns run 4 at a time on one quad, so each decoded word
+// times d * d_q8 per lane. One column runs one quad of rows at a time (the activations
+// are reread from L1 per quad); more columns run 4 at a time on one quad, so each decoded word
 // meets 4 columns. The main loop takes every word as 2-bit; int8 words (about 0.01% of
 // converted words) are corrected in a second pass over the group for the lanes that have
 // them, as on x86.
@@ -215,10 +215,11 @@ MPQ2_RP_INLINE void mpq2_x16_neon_tile(int nb, float * s, size_t bs, const block
         for (int c = 0; c < NC; ++c) vst1q_f32(s + c*bs + 4*(q0 + qd), acc[qd][c]);
 }
 
-// One column: all 16 rows per block (gemv, token generation).
+// One column (gemv, token generation): one quad of rows at a time over the whole row; under
+// llvm-mca this beats all 16 rows per block, which spills (bench/mca_kernels.py).
 static void mpq2_x16_neon_gemv(int nb, float * s, size_t bs, const block_mpq2x16 * xg, const mpq2_act * y,
                                const mpq2_rp_neon_tabs * tabs) {
-    mpq2_x16_neon_tile(nb, s, bs, xg, 0, 4, y, 1, tabs);
+    for (int qd = 0; qd < 4; ++qd) mpq2_x16_neon_tile(nb, s, bs, xg, qd, 1, y, 1, tabs);
 }
 
 // nc (2..4) columns, one quad of rows at a time (gemm, prompts).
