@@ -78,6 +78,43 @@ def test_fuzzer_passes_the_corpus(fuzzer, tmp_path):
         _fail_with(proc, _artifacts(tmp_path), "the fuzz target failed on a corpus input")
 
 
+# (probe, the assert() it must trip in ggml_ext/src/ggml-cpu-mpq2.c)
+ASSERT_PROBES = [("generic_nrc", "nrc == 1"), ("vec_dot_nrc", "nrc == 1 || nrc == 2"), ("generic_n", "n % QK_MPQ2 == 0")]
+
+
+@pytest.mark.parametrize("probe,expr", ASSERT_PROBES, ids=[p[0] for p in ASSERT_PROBES])
+def test_fuzzer_asserts_fire(fuzzer, tmp_path, probe, expr):
+    """The fuzz build keeps assert() on (it once ran with -DNDEBUG=0, which defines NDEBUG): a
+    kernel called against its precondition aborts with the assert's message."""
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    proc = subprocess.run([str(fuzzer), str(empty)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "MPQ2_FUZZ_ASSERT_PROBE": probe})
+    assert proc.returncode != 0, proc.stderr[-2000:]
+    assert f"Assertion `{expr}' failed" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_fuzz_build_cannot_define_ndebug(tmp_path):
+    """With NDEBUG defined, the fuzz target and every file given the forced header stop at #error."""
+    tools = fuzz_build.find_clang()
+    if tools is None:
+        pytest.skip(f"clang not installed (apt-get install -y {fuzz_build.CLANG_PACKAGE})")
+    cc, cxx = tools
+    ggml = fuzz_build.llama_src() / "ggml"
+    inc = [f"-I{ggml}/include", f"-I{ggml}/src", f"-I{fuzz_build.ROOT}/ggml_ext/include"]
+    for flag in ("-UNDEBUG", "-DNDEBUG", "-DNDEBUG=0"):
+        on = flag == "-UNDEBUG"       # the control: the same commands pass with assert() on
+        r = subprocess.run([cc, flag, "-include", str(fuzz_build.ASSERTS_ON), "-fsyntax-only", "-x", "c", "/dev/null"],
+                           capture_output=True, text=True)
+        assert (r.returncode == 0) == on and on != ("must keep assert() on" in r.stderr), (flag, r.stderr)
+        # the target itself, even without the forced header
+        r = subprocess.run([cxx, "-std=c++17", flag, *inc, "-E", "-o", os.devnull, str(fuzz_build.HARNESS)],
+                           capture_output=True, text=True)
+        assert (r.returncode == 0) == on and on != ("must be built with assert() on" in r.stderr), (flag, r.stderr[-2000:])
+    assert "-UNDEBUG" in fuzz_build.COMMON and not any(f.startswith("-DNDEBUG") for f in fuzz_build.COMMON)
+    assert "-ffp-contract=off" in fuzz_build.COMMON
+
+
 @pytest.mark.slow
 def test_fuzzer_bounded_run(fuzzer, tmp_path):
     work = tmp_path / "corpus"           # new inputs go here; the committed corpus is only read

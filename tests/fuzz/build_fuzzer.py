@@ -25,7 +25,10 @@ HARNESS = HERE / "fuzz_gguf_mpq2.cpp"
 CLANG_PACKAGE = "clang"          # Debian bookworm: clang 14, libFuzzer included
 
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
-COMMON = ["-O1", "-g", "-march=native", "-DNDEBUG=0", "-D_GNU_SOURCE", "-DGGML_SCHED_MAX_COPIES=4",
+# -UNDEBUG: assert() stays on in every file (this list once said -DNDEBUG=0, which *defines* NDEBUG
+# and compiled every assert out; the target now refuses to build that way). -ffp-contract=off: no
+# fused multiply-adds, as the project's CMake sets for our sources (bit-exactness with numpy).
+COMMON = ["-O1", "-g", "-march=native", "-UNDEBUG", "-ffp-contract=off", "-D_GNU_SOURCE", "-DGGML_SCHED_MAX_COPIES=4",
           "-Wno-unused-command-line-argument", "-w", *SANITIZE]
 
 
@@ -33,6 +36,9 @@ COMMON = ["-O1", "-g", "-march=native", "-DNDEBUG=0", "-D_GNU_SOURCE", "-DGGML_S
 # a file's int32 type ids straight into enum ggml_type / gguf_type and range-checks the enum
 # afterwards, which UBSan's -fsanitize=enum reports (harmless without -fstrict-enums).
 PER_FILE = {"gguf.cpp": ["-fno-sanitize=enum"]}
+
+# forced into every file: a build with NDEBUG defined stops at #error, whatever the flags say
+ASSERTS_ON = HERE / "fuzz_asserts_on.h"
 
 
 class BuildError(RuntimeError):
@@ -65,7 +71,7 @@ def sources(src: Path) -> list[Path]:
 def _key(files: list[Path], flags: list[str], cc: str) -> str:
     h = hashlib.sha256()
     h.update(" ".join([cc, *flags]).encode())
-    inputs = list(files) + sorted((ROOT / "ggml_ext").rglob("*.[ch]")) + sorted((ROOT / "ggml_ext").rglob("*.patch"))
+    inputs = list(files) + [ASSERTS_ON] + sorted((ROOT / "ggml_ext").rglob("*.[ch]")) + sorted((ROOT / "ggml_ext").rglob("*.patch"))
     for f in inputs:
         h.update(str(f).encode())
         h.update(f.read_bytes())
@@ -97,7 +103,7 @@ def build(out_dir: Path | None = None, verbose: bool = False) -> Path:
         obj = work / (f.name + ".o")
         is_cxx = f.suffix == ".cpp"
         cmd = [cxx if is_cxx else cc, "-std=c++17" if is_cxx else "-std=gnu11", "-fsanitize=fuzzer-no-link",
-               *COMMON, *PER_FILE.get(f.name, []), *includes, "-c", str(f), "-o", str(obj)]
+               *COMMON, *PER_FILE.get(f.name, []), "-include", str(ASSERTS_ON), *includes, "-c", str(f), "-o", str(obj)]
         if not obj.exists():
             if verbose:
                 print(" ".join(cmd), file=sys.stderr)

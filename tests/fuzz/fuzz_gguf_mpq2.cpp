@@ -29,6 +29,13 @@
 //    MAX_MISSING_DATA bytes past it (so the "file too short" path is still exercised).
 //    llama.cpp's model loader uses no_alloc=true and checks the bounds itself.
 
+// assert() must stay on: the C code's preconditions (nrc, row counts, multiples of 64) are
+// oracles too. tests/fuzz/build_fuzzer.py builds with -UNDEBUG and forces fuzz_asserts_on.h
+// into every file; tests/test_fuzz.py::test_fuzzer_asserts_fire proves they fire.
+#ifdef NDEBUG
+#error "the fuzz target must be built with assert() on (-UNDEBUG, not -DNDEBUG=0)"
+#endif
+
 #include "ggml.h"
 #include "ggml-impl.h"    // gguf_type_size
 #include "gguf.h"
@@ -380,8 +387,32 @@ static void fuzz_gguf(const uint8_t * data, size_t size) {
 
 static void quiet_log(enum ggml_log_level, const char *, void *) {}
 
+// MPQ2_FUZZ_ASSERT_PROBE=<name>: call one of our kernels against its assert()ed precondition
+// and expect the abort (tests/test_fuzz.py::test_fuzzer_asserts_fire). An environment variable,
+// not an input, so that libFuzzer cannot find the probe by itself.
+static void assert_probe(const char * name) {
+    block_mpq2 x[2] = {};
+    block_q8_0 * a = make_q8_0(2 * QK_MPQ2, 1);
+    float s[4] = {};
+    if (strcmp(name, "generic_nrc") == 0) {
+        ggml_vec_dot_mpq2_q8_0_generic(QK_MPQ2, s, 0, x, 0, a, 0, 3);
+    } else if (strcmp(name, "vec_dot_nrc") == 0) {
+        ggml_vec_dot_mpq2_q8_0(QK_MPQ2, s, 1, x, sizeof(block_mpq2), a, 2 * sizeof(block_q8_0), 3);
+    } else if (strcmp(name, "generic_n") == 0) {
+        ggml_vec_dot_mpq2_q8_0_generic(QK_MPQ2 + 32, s, 0, x, 0, a, 0, 1);
+    } else {
+        fprintf(stderr, "fuzz_gguf_mpq2: unknown MPQ2_FUZZ_ASSERT_PROBE '%s'\n", name);
+        exit(2);
+    }
+    fprintf(stderr, "fuzz_gguf_mpq2: assert probe '%s' returned: assert() is compiled out\n", name);
+    exit(3);
+}
+
 extern "C" int LLVMFuzzerInitialize(int *, char ***) {
     ggml_log_set(quiet_log, nullptr);
+    if (const char * probe = getenv("MPQ2_FUZZ_ASSERT_PROBE")) {
+        assert_probe(probe);
+    }
     fprintf(stderr, "fuzz_gguf_mpq2: vec_dot kernel %s (and generic)\n", ggml_vec_dot_mpq2_q8_0_impl());
     for (int d = 0; d < 256; ++d) {
         const float r = ref_scale((uint8_t) d);
