@@ -43,7 +43,10 @@ def cpu_flags() -> str:
 
 def build(cc: str, flags: list[str], out: Path) -> Path:
     ggml = llama_src() / "ggml"
-    cmd = [cc, "-O2", "-std=gnu11", "-Wall", "-Wno-unused-function", *flags,
+    # -ffp-contract=off as the CMake build sets for our sources (ggml_ext/cmake/ggml-mpq2.cmake):
+    # GCC fuses a*b+c by default wherever the target has FMA (AArch64 always), which would make the
+    # scalar references round differently from the numpy mirror and from one target to the next
+    cmd = [cc, "-O2", "-std=gnu11", "-Wall", "-Wno-unused-function", "-ffp-contract=off", *flags,
            f"-I{ggml}/include", f"-I{ggml}/src", f"-I{ggml}/src/ggml-cpu", f"-I{ROOT}/ggml_ext/include", f"-I{ROOT}/ggml_ext/src",
            *map(str, SOURCES), "-lm", "-o", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True)
