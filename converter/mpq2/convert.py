@@ -67,6 +67,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="with tied embeddings, quantize the embedding/output first (GPTQ on the float model's final "
                         "hidden states), so the blocks are calibrated on its error as an input embedding (default: on)")
     g = p.add_argument_group("tensor types")
+    g.add_argument("--bpw", type=float, default=None, metavar="BITS",
+                   help="bit budget of the whole file (every tensor, embedding, output and norms included), e.g. 2.75: "
+                        "each weight gets the type among --type, q4_0, q4_1, q5_0, q5_1 and q8_0 that minimises the "
+                        "model's predicted loss, from sensitivities measured on the calibration text (docs/CONVERTER.md, "
+                        "'Bit budget'); --tensor-type rules and explicit --output-type, --embd-type and --attn-v-type "
+                        "stay as given. Default: no budget, the types below")
+    g.add_argument("--sensitivity-tokens", type=int, default=2048, metavar="N",
+                   help="with --bpw: calibration tokens the sensitivities are measured on (default 2048)")
     g.add_argument("--type", choices=["mpq2r", "mpq2"], default="mpq2r",
                    help="type of the quantized weights: mpq2r (default: MPQ2 blocks of weights turned by a fixed "
                         "64-point rotation that the kernels apply to the activations too; same size, lower error: "
@@ -95,6 +103,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _check_types(args) -> list[tuple[re.Pattern, str]]:
     from .gguf_out import TYPE_NAMES
+    args.explicit_types = sorted(o for o in ("embd_type", "output_type", "attn_v_type") if getattr(args, o) != "auto")
     for opt in ("embd_type", "output_type"):   # attn_v's auto depends on the model: convert()
         if getattr(args, opt) == "auto":
             setattr(args, opt, args.type)
@@ -115,6 +124,10 @@ def _check_types(args) -> list[tuple[re.Pattern, str]]:
         raise ConvertError(f"--salient-fraction {args.salient_fraction}: must be between 0 and 1")
     if args.nsamples < 1 or args.seqlen < 2:
         raise ConvertError("--nsamples must be >= 1 and --seqlen >= 2")
+    if args.bpw is not None and not 1.0 < args.bpw <= 16.0:
+        raise ConvertError(f"--bpw {args.bpw}: give the budget in bits per weight, e.g. 2.75")
+    if args.sensitivity_tokens < 1:
+        raise ConvertError(f"--sensitivity-tokens {args.sensitivity_tokens}: must be >= 1")
     if args.tune_norms < 0:
         raise ConvertError(f"--tune-norms {args.tune_norms}: must be >= 0")
     return overrides
@@ -170,9 +183,16 @@ def options(args: argparse.Namespace) -> argparse.Namespace:
 def print_summary(result: Result, seconds: float, out: Path) -> None:
     rows = result.rows
     w = max(len(r.name) for r in rows)
-    print(f"{'tensor':<{w}}  {'type':<5}  {'K (int8 words)':>15}  {'bpw':>5}  {'rel. output err':>15}")
+    budget = any(r.predicted != "-" for r in rows)
+    extra = f"  {'predicted KL':>12}" if budget else ""
+    print(f"{'tensor':<{w}}  {'type':<5}  {'K (int8 words)':>15}  {'bpw':>5}  {'rel. output err':>15}{extra}")
     for r in rows:
-        print(f"{r.name:<{w}}  {r.type:<5}  {r.k:>15}  {r.bpw:5.2f}  {r.rel_err:>15}")
+        extra = f"  {r.predicted:>12}" if budget else ""
+        print(f"{r.name:<{w}}  {r.type:<5}  {r.k:>15}  {r.bpw:5.2f}  {r.rel_err:>15}{extra}")
+    if budget:
+        total = sum(float(r.predicted) for r in rows if r.predicted != "-")
+        print(f"predicted KL from the float model, summed over the weights: {total:.4f} nats per token "
+              f"(round-to-nearest errors; GPTQ and the norm tuning bring the real one lower)")
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) in {seconds:.0f} s, peak RSS {peak_rss_mb():.0f} MB")
 
 

@@ -24,7 +24,9 @@ OTHER_TYPES = {
     "f16": gguf.GGMLQuantizationType.F16,
     "bf16": gguf.GGMLQuantizationType.BF16,
     "q8_0": gguf.GGMLQuantizationType.Q8_0,
+    "q5_1": gguf.GGMLQuantizationType.Q5_1,
     "q5_0": gguf.GGMLQuantizationType.Q5_0,
+    "q4_1": gguf.GGMLQuantizationType.Q4_1,
     "q4_0": gguf.GGMLQuantizationType.Q4_0,
 }
 TYPE_NAMES = [*OUR_TYPES, *OTHER_TYPES]

@@ -2,6 +2,7 @@
 
     open the model   lazily: a skeleton on the meta device, weights read one block at a time
     plan             every output tensor's name, type and shape, before any work
+    [bit budget]     with --bpw: sensitivities measured, the types allocated (budget.py)
     open the output  the GGUF header written first (or a stopped run's output reopened)
     calibrate        token sequences -> what the first block receives
     [tied embedding] with --embd-first: a float pass, then GPTQ of the tied matrix
@@ -22,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import calibration, capture, gguf_out, norms, resume, skeleton
+from . import budget, calibration, capture, gguf_out, norms, resume, skeleton
 from .errors import ConvertError
 from .format import BITS_PER_WEIGHT, FTYPE, FTYPE_R
 from .gguf_out import OUR_TYPES
 from .gguf_stream import GGUFStream
 from .gptq import MPQ2GPTQ
-from .plan import Plan, Weight, make_plan, qtype_of
+from .plan import Plan, Weight, make_plan, qtype_of, retype
 from .source import GGUFSource, SafetensorsSource, Source
 
 SUPPORTED = {
@@ -49,6 +50,7 @@ class Row:
     k: str
     bpw: float
     rel_err: str
+    predicted: str = "-"            # --bpw: the predicted cost at this type (nats/token)
 
 
 @dataclass
@@ -105,6 +107,8 @@ def convert(opts) -> Result:
     run = resume.RunState(opts.outfile, opts.fingerprint, resume.input_identity(opts.model))
     saved = run.open(opts.resume, opts.force)
     try:
+        if opts.bpw:
+            allocate_types(run, saved, inp, skel, plan, opts)
         out = open_output(run, inp, plan, opts, saved)
         prog = restore(run, saved, opts) if saved else calibrate(inp, skel, opts)
         skeleton.place_rotary(skel, opts.device)
@@ -170,6 +174,19 @@ def _input_kind(path: Path) -> str:
         if f.read(4) != b"GGUF":
             raise ConvertError(f"{path} is neither a model directory nor a GGUF file")
     return "gguf"
+
+
+def allocate_types(run, saved, inp: ModelInput, skel, plan: Plan, opts) -> None:
+    """--bpw: the types from the measured sensitivities (a resumed run reuses its own), kept in
+    every checkpoint; the plan's types and the summary's predicted costs follow them."""
+    if saved:
+        types, predicted = saved["types"], saved["predicted"]
+    else:
+        alloc = budget.choose_types(inp, skel, plan, opts, lambda m: say(opts, m))
+        types, predicted = alloc.types, alloc.predicted
+    retype(plan, types, skel)
+    run.kept = {"types": types, "predicted": predicted}
+    opts.predicted = predicted
 
 
 def open_output(run, inp: ModelInput, plan: Plan, opts, saved) -> GGUFStream:
@@ -299,12 +316,13 @@ def encode_weight(w: Weight, weight: torch.Tensor, gptq: MPQ2GPTQ | None, opts,
     if w.type in OUR_TYPES:
         res = gptq.fasterquant(weight, replace(opts.cfg, rotate=w.type == "mpq2r"), row_chunk=row_chunk)
         data, decoded = res.packed, res.weight
-        row = Row(w.name, w.type, f"{res.n_salient}/{res.n_words}", BITS_PER_WEIGHT, f"{res.rel_output_error:.4f}")
+        row = Row(w.name, w.type, f"{res.n_salient}/{res.n_words}", BITS_PER_WEIGHT, f"{res.rel_output_error:.4f}",
+                  predicted_cost(opts, w.name))
     else:
         values = weight.detach().float().cpu().numpy()
         data, qtype = gguf_out.encode(values, w.type)
         decoded = torch.from_numpy(gguf_out.decode(data, qtype, values.shape))
-        row = Row(w.name, w.type, "-", data.nbytes * 8 / values.size, "-")
+        row = Row(w.name, w.type, "-", data.nbytes * 8 / values.size, "-", predicted_cost(opts, w.name))
     return (data if w.order is None else data[w.order]), decoded, row
 
 
@@ -340,7 +358,13 @@ def encode_output(inp: ModelInput, skel, plan: Plan, opts, prog: Progress, out: 
         encode_rows(inp.source, plan.embedding, out)
         rows, cols = plan.embedding.shape
         prog.rows.append(Row(plan.embedding.name, plan.embedding.type, "-",
-                             out.specs[-1].nbytes * 8 / (rows * cols), "-"))
+                             out.specs[-1].nbytes * 8 / (rows * cols), "-", predicted_cost(opts, plan.embedding.name)))
+
+
+def predicted_cost(opts, name: str) -> str:
+    """--bpw's predicted cost of a weight at its type, for the summary."""
+    value = (getattr(opts, "predicted", None) or {}).get(name)
+    return "-" if value is None else f"{value:.2e}"
 
 
 def encode_rows(source: Source, w: Weight, out: GGUFStream) -> None:

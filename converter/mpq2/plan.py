@@ -100,6 +100,14 @@ def make_plan(inp, skeleton, opts) -> Plan:
     return plan
 
 
+def retype(plan: Plan, types: dict[str, str], skeleton) -> None:
+    """The plan with the weights named in `types` given those types (--bpw's allocation)."""
+    for w in [plan.output, plan.embedding, *(w for block in plan.blocks for w in block.values())]:
+        if w is not None and w.name in types:
+            w.type = types[w.name]
+    plan.specs = _specs(plan, skeleton)
+
+
 def _specs(plan: Plan, skeleton) -> list[TensorSpec]:
     """The write order: extra tensors, [the tied embedding], each block's tensors as the block
     names its parameters, the final norm, the output, [the untied embedding]."""

@@ -36,6 +36,7 @@ class RunState:
         self.options = options
         self.fingerprint = hashlib.sha256(json.dumps([options, identity], sort_keys=True).encode()).hexdigest()
         self.saved: dict | None = None
+        self.kept: dict = {}              # fixed once per run, e.g. --bpw's tensor types: in every checkpoint
 
     # --- at the start
 
@@ -82,7 +83,7 @@ class RunState:
         name = f"acts-{n}.pt"
         torch.save(acts, self.dir / name)
         state = {"fingerprint": self.fingerprint, "options": self.options, "seq": n, "acts": name,
-                 "next_tensor": stream.next, "bytes": stream.position, "data_start": stream.data_start, **stage}
+                 "next_tensor": stream.next, "bytes": stream.position, "data_start": stream.data_start, **self.kept, **stage}
         tmp = self.dir / (STATE + ".tmp")
         tmp.write_text(json.dumps(state))
         with open(tmp, "rb+") as f:

@@ -1,0 +1,77 @@
+"""The `--bpw` stage: candidate types per weight, their measured sensitivities, the allocation,
+and the plan retyped to it (before the output's header is written, so every type is fixed)."""
+from __future__ import annotations
+
+import math
+
+from . import calibration, sensitivity
+from .allocate import LADDER, Allocation, allocate, bytes_of
+from .gguf_out import fits
+from .plan import Plan, Weight, qtype_of
+
+
+def weights_of(plan: Plan) -> list[Weight]:
+    ws = [plan.output] + ([plan.embedding] if plan.embedding is not None else [])
+    return ws + [w for block in plan.blocks for w in block.values()]
+
+
+def is_fixed(w: Weight, plan: Plan, opts) -> bool:
+    """A type the user asked for (--tensor-type, or an explicit --output-type, --embd-type or
+    --attn-v-type) is kept, not allocated."""
+    if any(pat.search(w.name) for pat, _ in opts.overrides):
+        return True
+    if w is plan.output:
+        return "output_type" in opts.explicit_types
+    if w is plan.embedding:
+        return "embd_type" in opts.explicit_types
+    return w.name.endswith("attn_v.weight") and "attn_v_type" in opts.explicit_types
+
+
+def candidates(plan: Plan, opts) -> dict[str, list[str]]:
+    """GGUF name -> candidate types (smallest first) of every weight whose type is allocated."""
+    out = {}
+    for w in weights_of(plan):
+        if not is_fixed(w, plan, opts):
+            types = [t for t in [opts.type, *LADDER] if fits(t, w.shape[1])]
+            if types:
+                out[w.name] = types
+    return out
+
+
+def choose_types(inp, skel, plan: Plan, opts, say) -> Allocation:
+    """Measures the sensitivities on the first calibration sequences and allocates the budget."""
+    cand = candidates(plan, opts)
+    by_name = {w.name: w for w in weights_of(plan)}
+    sizes = {n: {t: bytes_of(by_name[n].shape, qtype_of(t)) for t in ts} for n, ts in cand.items()}
+    fixed = sum(s.nbytes for s in plan.specs if s.name not in cand)
+    n_elements = sum(math.prod(s.shape) for s in plan.specs)
+    # below the smallest file, say so before any work
+    smallest = fixed + sum(min(s.values()) for s in sizes.values())
+    if smallest * 8 > opts.bpw * n_elements:
+        allocate(sizes, {n: dict.fromkeys(s, 0.0) for n, s in sizes.items()}, fixed, n_elements, opts.bpw)
+    seqs = calibration.calibration_batch(inp.tokenizer, opts.calib_file, opts.nsamples, opts.seqlen, opts.seed)
+    seqs = sensitivity_batch(seqs, opts.sensitivity_tokens)
+    say(f"--bpw {opts.bpw}: measuring the sensitivity of {len(cand)} weights at {len(LADDER) + 1} types "
+        f"on {seqs.numel()} tokens")
+    costs = sensitivity.measure(inp, skel, plan, seqs, cand, opts)
+    alloc = allocate(sizes, costs, fixed, n_elements, opts.bpw)
+    say(f"--bpw {opts.bpw}: {alloc.bits_per_weight:.3f} bits per weight, predicted KL "
+        f"{sum(alloc.predicted.values()):.4f} nats/token; " + _census(alloc))
+    return alloc
+
+
+def sensitivity_batch(seqs, tokens: int, n_seqs: int = 16):
+    """About `tokens` calibration tokens as up to `n_seqs` sequences (their first positions, at
+    least 64 of them): the keys' per-sequence estimate (sensitivity._cost) needs many sequences."""
+    n = min(n_seqs, seqs.shape[0])
+    length = min(seqs.shape[1], max(64, math.ceil(tokens / n)))
+    n = min(seqs.shape[0], max(n, math.ceil(tokens / length)))
+    return seqs[:n, :length]
+
+
+def _census(alloc: Allocation) -> str:
+    counts: dict[str, int] = {}
+    for t in alloc.types.values():
+        counts[t] = counts.get(t, 0) + 1
+    return ", ".join(f"{n} x {t}" for t, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
