@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import codec, codec_torch as ct
+import gguf
+
+from . import codec, codec_torch as ct, qtypes
 from .format import GRID_STEP, GROUP, QK, SCALE_MULT, WORDS, ZERO2
 
 F = np.float32
@@ -36,11 +38,12 @@ class QuantConfig:
     act_order: bool = False            # process columns by decreasing H_jj (same output format)
     gate: bool = True                  # a salient word keeps int8 means only where they fit better
     rotate: bool = False               # MPQ2R: encode R w per 64-block (rotation.py), GPTQ on R H R^T
+    grid: str = "mpq2"                 # mpq2, or a llama.cpp type of qtypes.GRIDS (no bitmap, no rotation)
 
 
 @dataclass
 class QuantResult:
-    packed: np.ndarray        # (rows, cols/64*20) uint8, MPQ2 bytes
+    packed: np.ndarray        # (rows, bytes per row) uint8: MPQ2 bytes, or the llama.cpp type's (cfg.grid)
     weight: torch.Tensor      # (rows, cols) float32 on the MPQ2GPTQ's device, exactly what the bytes decode to
     n_salient: int            # words stored as int8 means (the tensor's K)
     n_words: int
@@ -197,15 +200,18 @@ class MPQ2GPTQ:
         kept = {spans[0]: self._prepare(weight[:spans[0][1]], cfg, dead)}   # one chunk: prepared once
         prepared = lambda a, b: kept.pop((a, b)) if (a, b) in kept else self._prepare(weight[a:b], cfg, dead)
         hd = hinv_diag if cfg.salience == "hessian" else None
-        scores = torch.cat([salience_scores(kept[span] if span in kept else prepared(*span), hd) for span in spans])
-        bitmap = select_bitmap(scores, cfg.salient_fraction)                         # (rows, words)
-        del scores
-        packed = np.empty((self.rows, self.cols // QK * 20), np.uint8)
+        if cfg.grid == "mpq2":
+            scores = torch.cat([salience_scores(kept[span] if span in kept else prepared(*span), hd) for span in spans])
+            bitmap = select_bitmap(scores, cfg.salient_fraction)                     # (rows, words)
+            del scores
+        else:                                                                        # no salient words
+            bitmap = torch.zeros((self.rows, self.cols // GROUP), dtype=torch.bool, device=self.device)
+        packed = np.empty((self.rows, _row_bytes(self.cols, cfg)), np.uint8)
         Q = torch.empty((self.rows, self.cols), dtype=torch.float32, device=self.device)
         num = den = 0.0
         for a, b in spans:
             W = prepared(a, b)
-            if cfg.gate:
+            if cfg.gate and cfg.grid == "mpq2":
                 bitmap[a:b] = gate_salient(W, importance, bitmap[a:b])
             q, packed[a:b] = self._quantize_rows(W, bitmap[a:b], importance, U, perm, cfg)
             del W
@@ -259,6 +265,8 @@ class MPQ2GPTQ:
         params: list[BlockParams | None] = [None] * nb
 
         def block_params(b, x):
+            if cfg.grid != "mpq2":
+                return qtypes.GroupParams(x, cfg.grid)
             return BlockParams(x, importance[b * QK:(b + 1) * QK], bitmap[:, b * WORDS:(b + 1) * WORDS])
 
         QT = torch.empty((self.cols, rows), dtype=torch.float32, device=W.device)
@@ -274,7 +282,8 @@ class MPQ2GPTQ:
                     params[b] = block_params(b, W[:, b * QK:(b + 1) * QK])
                 W = W[:, perm]
             self._gptq(W, U, perm, params, block_params, QT, CT, cfg.block_size)
-        return QT.T.contiguous(), self._pack(params, bitmap, CT)
+        packed = self._pack(params, bitmap, CT) if cfg.grid == "mpq2" else qtypes.pack(params, CT, cfg.grid)
+        return QT.T.contiguous(), packed
 
     @staticmethod
     def _gptq(Wp, U, perm, params, block_params, QT, CT, block_size):
@@ -312,6 +321,13 @@ class MPQ2GPTQ:
         c2 = CT.T.cpu().numpy().reshape(bitmap.shape[0], -1, GROUP)
         return codec.pack(cpu([p.dcode for p in params]), cpu([p.scale_code for p in params]),
                           cpu([p.zero_code for p in params]), bitmap.cpu().numpy(), c8, c2)
+
+
+def _row_bytes(cols: int, cfg: QuantConfig) -> int:
+    if cfg.grid == "mpq2":
+        return cols // QK * 20
+    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[cfg.grid.upper()]]
+    return cols // block * size
 
 
 def _row_spans(rows: int, chunk: int | None) -> list[tuple[int, int]]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import budget, calibration, capture, gguf_out, norms, resume, skeleton
+from . import budget, calibration, capture, gguf_out, norms, qtypes, resume, skeleton
 from .errors import ConvertError
 from .format import BITS_PER_WEIGHT, FTYPE, FTYPE_R
 from .gguf_out import OUR_TYPES
@@ -40,6 +40,7 @@ SUPPORTED = {
 }
 GGUF_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
 ROW_CHUNK = 8192          # rows of a tall matrix (embedding, output) handled at a time
+GPTQ_TYPES = {*OUR_TYPES, *qtypes.GRIDS}   # encoded with GPTQ on their layer's Hessian
 
 
 @dataclass
@@ -255,7 +256,7 @@ def quantize_block(i: int, inp: ModelInput, skel, plan: Plan, opts, prog: Progre
     block = skeleton.load_block(skel, i, inp.source, opts.device)
     linears = capture.linear_modules(block)
     weights = plan.blocks[i]
-    hessians = collect_hessians(block, prog.inputs, [m for m, w in weights.items() if w.type in OUR_TYPES], opts)
+    hessians = collect_hessians(block, prog.inputs, [m for m, w in weights.items() if w.type in GPTQ_TYPES], opts)
     if prog.finputs is not None:          # the float block on the float trajectory, before it changes
         prog.finputs = capture.run_block(block, prog.finputs)
     targets = None
@@ -318,6 +319,11 @@ def encode_weight(w: Weight, weight: torch.Tensor, gptq: MPQ2GPTQ | None, opts,
         data, decoded = res.packed, res.weight
         row = Row(w.name, w.type, f"{res.n_salient}/{res.n_words}", BITS_PER_WEIGHT, f"{res.rel_output_error:.4f}",
                   predicted_cost(opts, w.name))
+    elif w.type in qtypes.GRIDS and gptq is not None and opts.cfg.method == "gptq":   # GPTQ on llama.cpp's grid
+        res = gptq.fasterquant(weight, replace(opts.cfg, grid=w.type), row_chunk=row_chunk)
+        data, decoded = res.packed, res.weight
+        row = Row(w.name, w.type, "-", data.nbytes * 8 / weight.numel(), f"{res.rel_output_error:.4f}",
+                  predicted_cost(opts, w.name))
     else:
         values = weight.detach().float().cpu().numpy()
         data, qtype = gguf_out.encode(values, w.type)
@@ -335,7 +341,7 @@ def encode_output(inp: ModelInput, skel, plan: Plan, opts, prog: Progress, out: 
         decoded = read_back(run.part, out, plan.output)
     else:
         weight = inp.source.get(plan.output.hf).to(opts.device)
-        g = new_gptq(weight, opts) if plan.output.type in OUR_TYPES else None
+        g = new_gptq(weight, opts) if plan.output.type in GPTQ_TYPES else None
         with torch.no_grad():
             for hs, _, _ in (prog.inputs if g else []):
                 g.add_batch(norm(hs))
