@@ -22,7 +22,7 @@ extern "C" {
 #endif
 
 #define GGML_MPQ2R_TYPE_ID  97
-#define GGML_Q8_0R_TYPE_ID  98    // activations only, never in a file
+#define GGML_Q8_0R_TYPE_ID  98    // MPQ2R's activations; written by no tool of ours, but a file may hold it
 #define QK_MPQ2R            64    // = QK_MPQ2: one rotation per MPQ2 block
 // Bit i set: coordinate i of every block is negated before the Walsh-Hadamard transform
 // (the fractional part of the golden ratio: any fixed, irregular pattern does).
@@ -47,6 +47,10 @@ GGML_API size_t quantize_mpq2r_ex(const float * GGML_RESTRICT src, void * GGML_R
                                   float salient_fraction);
 // Q8_0R: block_q8_0 of the rotated activations (n a multiple of 64).
 GGML_API void   quantize_row_q8_0r_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);
+// ggml_quantize_chunk's entry (a tensor of type Q8_0R, as in a file): rows of the reference
+// above; the imatrix is not used (Q8_0 ignores it too).
+GGML_API size_t quantize_q8_0r(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst,
+                               int64_t nrows, int64_t n_per_row, const float * imatrix);
 // Each 64-block of x rotated, then quantized by q8_0 (a Q8_0 row quantizer: the reference, or
 // ggml-cpu's SIMD one) into two block_q8_0 of y.
 GGML_API void   mpq2r_quantize_row_q8_0_with(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k,

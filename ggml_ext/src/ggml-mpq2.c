@@ -2,8 +2,14 @@
 //
 // converter/mpq2/codec.py mirrors this file operation by operation, so both produce the same
 // bytes: keep every float expression in float (no double), sums sequential, and no FMA
-// contraction (pragma below). Rounding is nearbyintf (ties to even), as numpy's rint.
+// contraction. Rounding is nearbyintf (ties to even), as numpy's rint.
+// No contraction: the build passes -ffp-contract=off for this file (ggml_ext/cmake/ggml-mpq2.cmake,
+// tests/fuzz/build_fuzzer.py, tests/test_simd_harness.py); the pragmas cover a build that
+// forgets it, GCC's and clang's each (clang ignores the first, GCC warns on the second).
 #pragma GCC optimize("fp-contract=off")
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
 
 #include "ggml-mpq2.h"
 

@@ -1,6 +1,10 @@
 // MPQ2R reference code (ggml-base): the fixed 64-point rotation, and MPQ2 / Q8_0 on rotated
 // blocks. converter/mpq2/rotation.py mirrors the rotation operation by operation.
+// No contraction (as ggml-mpq2.c: -ffp-contract=off from the build, and these pragmas).
 #pragma GCC optimize("fp-contract=off")
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
 
 #define GGML_COMMON_DECL_C
 #include "ggml-common.h"
@@ -104,6 +108,17 @@ static void mpq2r_q8_0_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT y
 
 void quantize_row_q8_0r_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k) {
     mpq2r_quantize_row_q8_0_with(x, y, k, mpq2r_q8_0_ref);
+}
+
+size_t quantize_q8_0r(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t nrows, int64_t n_per_row,
+                      const float * imatrix) {
+    GGML_UNUSED(imatrix);
+    GGML_ASSERT(n_per_row % QK_MPQ2R == 0);
+    const size_t row_size = (size_t) (n_per_row / QK_MPQ2R) * 2 * sizeof(block_q8_0);
+    for (int64_t r = 0; r < nrows; ++r) {
+        quantize_row_q8_0r_ref(src + r*n_per_row, (char *) dst + r*row_size, n_per_row);
+    }
+    return nrows * row_size;
 }
 
 void dequantize_row_q8_0r(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k) {
