@@ -47,3 +47,8 @@ echo "setup: done. Tools in build/bin, Python packages mpq2 and llama_mpq2 insta
 if [[ "${1:-}" == "--demo" ]]; then
     "$PY" bench/demo.py
 fi
+
+# The integration tests (docs/INTEGRATIONS.md): llama-cpp-python's Python half only (it loads the
+# patched build/bin/libllama.so through LLAMA_CPP_LIB_PATH, no llama.cpp build of its own), openai.
+CMAKE_ARGS="-DLLAMA_BUILD=OFF" "$PY" -m pip install --quiet --no-binary llama-cpp-python "llama-cpp-python==0.3.36"
+"$PY" -m pip install --quiet openai
