@@ -101,7 +101,8 @@ def test_fuzz_build_cannot_define_ndebug(tmp_path):
         pytest.skip(f"clang not installed (apt-get install -y {fuzz_build.CLANG_PACKAGE})")
     cc, cxx = tools
     ggml = fuzz_build.llama_src() / "ggml"
-    inc = [f"-I{ggml}/include", f"-I{ggml}/src", f"-I{fuzz_build.ROOT}/ggml_ext/include"]
+    inc = [f"-I{ggml}/include", f"-I{ggml}/src", f"-I{ggml}/src/ggml-cpu", f"-I{fuzz_build.ROOT}/ggml_ext/include",
+           f"-I{fuzz_build.ROOT}/ggml_ext/src"]
     for flag in ("-UNDEBUG", "-DNDEBUG", "-DNDEBUG=0"):
         on = flag == "-UNDEBUG"       # the control: the same commands pass with assert() on
         r = subprocess.run([cc, flag, "-include", str(fuzz_build.ASSERTS_ON), "-fsyntax-only", "-x", "c", "/dev/null"],

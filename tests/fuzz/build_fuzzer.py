@@ -64,6 +64,7 @@ def sources(src: Path) -> list[Path]:
     g = src / "ggml/src"
     return [g / "gguf.cpp", g / "ggml.c", g / "ggml-quants.c", g / "ggml-threading.cpp",
             ROOT / "ggml_ext/src/ggml-mpq2.c", ROOT / "ggml_ext/src/ggml-mpq2r.c", ROOT / "ggml_ext/src/ggml-cpu-mpq2.c",
+            ROOT / "ggml_ext/src/ggml-cpu-mpq2-repack.c",
             HERE / "ggml_backend_stubs.c",
             HARNESS]
 

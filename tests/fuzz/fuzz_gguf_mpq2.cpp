@@ -12,9 +12,12 @@
 //      into a ggml context. Every tensor goes through ggml_validate_row_data (what llama.cpp's
 //      --check-tensors runs); for MPQ2 tensors also mpq2_validate_row_data, and only when that
 //      passes: dequantize_row_mpq2 and the vec_dot kernels (generic and this build's SIMD one)
-//      against a Q8_0 vector, row by row.
+//      against a Q8_0 vector, row by row, the 2x2 kernel (nrc = 2) on the first row, and the
+//      repacked 16-row kernels (ggml_mpq2_repack_x16, ggml_mpq2_act_finish, ggml_mpq2x16_mul
+//      and its _generic reference) on the tensor's blocks. MPQ2R tensors the same (same blocks
+//      and kernels, decoded turned back too); Q8_0R tensors: validation and the decode.
 // Any other input is raw MPQ2 bytes: validate, dequantize (any bit pattern must be memory
-// safe), and the dot products when validation passed.
+// safe), and the dot products (row-wise, 2x2, repacked) when validation passed.
 //
 // Oracles, besides the sanitizers: an independent decoder and validator written here from
 // docs/FORMAT.md must agree bit for bit with the C code; every block decodes to finite values;
@@ -43,6 +46,7 @@
 
 #define GGML_COMMON_DECL_C
 #include "ggml-common.h"
+#include "ggml-cpu-mpq2-repack.h"
 
 #include <cmath>
 #include <cstdint>
@@ -53,6 +57,7 @@
 
 static constexpr size_t MAX_MISSING_DATA = 1u << 20;   // bytes a table may claim past the input in pass 2
 static constexpr int64_t MAX_DOT_ROWS = 4096;           // rows per tensor through dequantize/dot
+static constexpr int64_t MAX_X16_BLOCKS = 4096;         // blocks per tensor through the repacked kernels
 
 extern "C" {
 // simd-mappings.h falls back to this table on x86 without F16C; ggml-cpu.c (not linked) owns it.
@@ -204,6 +209,110 @@ static void check_row(const uint8_t * row, int64_t nb, bool valid, uint32_t seed
     free(y);
 }
 
+// The kernels that share a decode (checked only on valid blocks, as the CPU backend only ever
+// sees those after --check-tensors, and an int8 -128 is outside every kernel's contract):
+//  - 2x2 (nrc = 2, GGML_MPQ2_VEC_DOT_NROWS): rows a, b times columns p, q must be bit for bit the
+//    four nrc = 1 calls;
+//  - the repacked 16-row layout (CPU_REPACK): 16 rows cut from the blocks (cycled when fewer),
+//    ggml_mpq2_repack_x16, ggml_mpq2_act_finish on 1..11 columns; the scalar x16 reference must
+//    equal the scalar vec_dot bit for bit, this build's x16 kernel must match the float64 sum.
+static void check_2x2(const uint8_t * blocks, int64_t nb, uint32_t seed) {
+    if (nb < 2) {
+        return;
+    }
+    const int64_t n = nb * QK_MPQ2;
+    // the second row: the same blocks rotated by one, so that the two rows differ
+    block_mpq2 * x = (block_mpq2 *) malloc(2 * nb * sizeof(block_mpq2));
+    std::memcpy(x, blocks, nb * sizeof(block_mpq2));
+    for (int64_t b = 0; b < nb; ++b) {
+        std::memcpy(x + nb + b, blocks + ((b + 1) % nb) * sizeof(block_mpq2), sizeof(block_mpq2));
+    }
+    block_q8_0 * y = (block_q8_0 *) malloc(2 * (n / QK8_0) * sizeof(block_q8_0));
+    block_q8_0 * y0 = make_q8_0(n, seed), * y1 = make_q8_0(n, seed ^ 0x5bd1e995u);
+    std::memcpy(y, y0, (n / QK8_0) * sizeof(block_q8_0));
+    std::memcpy(y + n / QK8_0, y1, (n / QK8_0) * sizeof(block_q8_0));
+    free(y0);
+    free(y1);
+    const size_t bx = nb * sizeof(block_mpq2), by = (n / QK8_0) * sizeof(block_q8_0);
+    const size_t bs = 3;     // any output stride
+    float s4[2 * 3];
+    for (float & v : s4) v = NAN;
+    ggml_vec_dot_mpq2_q8_0((int) n, s4, bs, x, bx, y, by, 2);
+    for (int c = 0; c < 2; ++c) {
+        for (int r = 0; r < 2; ++r) {
+            float one = NAN;
+            ggml_vec_dot_mpq2_q8_0((int) n, &one, 0, (const char *) x + r*bx, 0, (const char *) y + c*by, 0, 1);
+            FUZZ_CHECK(std::memcmp(&one, &s4[r + c*bs], sizeof(float)) == 0,
+                       "%s 2x2 row %d col %d = %a, single call %a (n %lld)", ggml_vec_dot_mpq2_q8_0_impl(), r, c,
+                       s4[r + c*bs], one, (long long) n);
+        }
+    }
+    free(x);
+    free(y);
+}
+
+static void check_x16(const uint8_t * blocks, int64_t total, uint32_t seed) {
+    const int64_t nb = total >= MPQ2_RP_ROWS ? total / MPQ2_RP_ROWS : 1;   // blocks per row
+    const int64_t n = nb * QK_MPQ2;
+    const int ncols = 1 + (int) (seed % 11);                                 // every column tile and remainder
+    block_mpq2 * rows = (block_mpq2 *) malloc(MPQ2_RP_ROWS * nb * sizeof(block_mpq2));
+    for (int64_t i = 0; i < MPQ2_RP_ROWS * nb; ++i) {
+        std::memcpy(rows + i, blocks + (i % total) * sizeof(block_mpq2), sizeof(block_mpq2));
+    }
+    block_mpq2x16 * xp = (block_mpq2x16 *) aligned_alloc(64, nb * sizeof(block_mpq2x16));
+    ggml_mpq2_repack_x16(xp, rows, MPQ2_RP_ROWS, n);
+    std::vector<void *> bufs(ncols);
+    std::vector<mpq2_act> act(ncols);
+    std::vector<block_q8_0 *> cols(ncols);
+    const size_t act_bytes = (ggml_mpq2_act_size(n) + 63) & ~(size_t) 63;
+    for (int c = 0; c < ncols; ++c) {
+        cols[c] = make_q8_0(n, seed + 7919u * (uint32_t) c);
+        bufs[c] = aligned_alloc(64, act_bytes);
+        std::memcpy(bufs[c], cols[c], (n / QK8_0) * sizeof(block_q8_0));
+        ggml_mpq2_act_finish(bufs[c], n, &act[c]);
+    }
+    std::vector<float> gen(MPQ2_RP_ROWS * ncols, NAN), got(MPQ2_RP_ROWS * ncols, NAN);
+    ggml_mpq2x16_mul_generic((int) n, gen.data(), MPQ2_RP_ROWS, xp, 1, act.data(), ncols);
+    ggml_mpq2x16_mul((int) n, got.data(), MPQ2_RP_ROWS, xp, 1, act.data(), ncols);
+    std::vector<float> w(n);
+    for (int r = 0; r < MPQ2_RP_ROWS; ++r) {
+        dequantize_row_mpq2(rows + r * nb, w.data(), n);
+        for (int c = 0; c < ncols; ++c) {
+            float one = NAN;
+            ggml_vec_dot_mpq2_q8_0_generic((int) n, &one, 0, rows + r * nb, 0, cols[c], 0, 1);
+            const int i = c * MPQ2_RP_ROWS + r;
+            FUZZ_CHECK(std::memcmp(&one, &gen[i], sizeof(float)) == 0,
+                       "x16 generic row %d col %d = %a, vec_dot generic %a (n %lld)", r, c, gen[i], one, (long long) n);
+            // The SIMD x16 kernels read every word as 2-bit in their main loop and correct the int8
+            // words in a second pass (in float): their error scales with the terms of both readings.
+            // (A row whose int8 block has a scale 2^60 above the others' loses the rest to that
+            // cancellation: tests/fuzz/corpus/regress-raw-x16-int8-word-huge-scale, docs/ROBUSTNESS.md.)
+            double ref = 0.0, mag = 0.0;
+            for (int64_t j = 0; j < n; ++j) {
+                const double a = (double) ref_fp16_to_fp32(cols[c][j / QK8_0].d) * cols[c][j / QK8_0].qs[j % QK8_0];
+                const double t = (double) w[j] * a;
+                ref += t;
+                mag += std::fabs(t);
+                const uint8_t * blk = (const uint8_t *) (rows + r * nb + j / QK_MPQ2);
+                if (rd16(blk) >> ((j % QK_MPQ2) / MPQ2_GROUP) & 1) {
+                    uint8_t as2[sizeof(block_mpq2)];
+                    std::memcpy(as2, blk, sizeof(as2));
+                    as2[0] &= 0xF0;                    // the same word read as 2-bit codes
+                    mag += std::fabs((double) ref_weight(as2, (int) (j % QK_MPQ2)) * a);
+                }
+            }
+            FUZZ_CHECK(std::fabs(got[i] - ref) <= 1e-5 * mag + 1e-30, "%s x16 row %d col %d of %d = %.9g, reference %.9g "
+                       "(sum|t| %.3g, n %lld)", ggml_mpq2x16_impl(), r, c, ncols, got[i], ref, mag, (long long) n);
+        }
+    }
+    for (int c = 0; c < ncols; ++c) {
+        free(bufs[c]);
+        free(cols[c]);
+    }
+    free(xp);
+    free(rows);
+}
+
 static void fuzz_raw(const uint8_t * data, size_t size) {
     // a copy in an exactly sized heap buffer, so that ASan sees any read past the last block
     uint8_t * buf = (uint8_t *) malloc(size ? size : 1);
@@ -219,6 +328,10 @@ static void fuzz_raw(const uint8_t * data, size_t size) {
         uint8_t * blocks = (uint8_t *) malloc(nb * sizeof(block_mpq2));
         std::memcpy(blocks, buf, nb * sizeof(block_mpq2));
         check_row(blocks, (int64_t) nb, valid, (uint32_t) size);
+        if (valid) {
+            check_2x2(blocks, (int64_t) nb, (uint32_t) size);
+            check_x16(blocks, (int64_t) nb, (uint32_t) size);
+        }
         free(blocks);
     }
     free(buf);
@@ -279,10 +392,49 @@ static uint64_t walk_tensors(const gguf_context * g) {
     return expect > UINT64_MAX - start ? UINT64_MAX : start + expect;
 }
 
+// Q8_0R (MPQ2R's activations, two Q8_0 blocks per 64): valid when every fp16 scale is finite;
+// each valid row decodes to finite values that the rotation turns back into the Q8_0 decode.
+static void check_q8_0r_tensor(const ggml_tensor * t, bool valid) {
+    FUZZ_CHECK(t->ne[0] % QK_MPQ2R == 0, "Q8_0R tensor '%s' with %lld weights per row was accepted", t->name, (long long) t->ne[0]);
+    const size_t nbytes = ggml_nbytes(t);
+    const uint8_t * p = (const uint8_t *) t->data;
+    bool ref = nbytes % sizeof(block_q8_0) == 0;
+    for (size_t b = 0; ref && b < nbytes / sizeof(block_q8_0); ++b) {
+        ref = ((rd16(p + b * sizeof(block_q8_0)) >> 10) & 0x1F) != 0x1F;      // not Inf / NaN
+    }
+    FUZZ_CHECK(valid == ref, "'%s': ggml_validate_row_data(Q8_0R) %d, every scale finite %d", t->name, valid, ref);
+    if (!valid || nbytes == 0) {
+        return;
+    }
+    const int64_t n = t->ne[0];
+    const size_t row_bytes = ggml_row_size(t->type, n);
+    std::vector<float> y(n), back(n), want(n);
+    for (int64_t r = 0; r < (int64_t) (nbytes / row_bytes) && r < MAX_DOT_ROWS; ++r) {
+        const uint8_t * row = p + r * row_bytes;
+        dequantize_row_q8_0r(row, y.data(), n);
+        mpq2r_rotate(y.data(), back.data(), n);
+        for (int64_t j = 0; j < n; ++j) {
+            const block_q8_0 * b = (const block_q8_0 *) (row + (j / QK8_0) * sizeof(block_q8_0));
+            want[j] = ref_fp16_to_fp32(b->d) * (float) b->qs[j % QK8_0];
+        }
+        for (int64_t j = 0; j < n; ++j) {
+            float big = 0.0f;      // the rotation mixes the 64 values of a block: its error scales with their largest
+            for (int64_t i = j / QK_MPQ2R * QK_MPQ2R; i < (j / QK_MPQ2R + 1) * QK_MPQ2R; ++i) big = std::fmax(big, std::fabs(want[i]));
+            FUZZ_CHECK(std::isfinite(y[j]), "'%s' row %lld: q8_0r weight %lld decodes to %a", t->name, (long long) r, (long long) j, y[j]);
+            FUZZ_CHECK(std::fabs(back[j] - want[j]) <= 1e-4f * big, "'%s' row %lld weight %lld: q8_0r turned back %a, Q8_0 %a",
+                       t->name, (long long) r, (long long) j, back[j], want[j]);
+        }
+    }
+}
+
 static void check_tensor(const ggml_tensor * t, uint32_t seed) {
     const size_t nbytes = ggml_nbytes(t);
     const bool valid = ggml_validate_row_data(t->type, t->data, nbytes);   // llama.cpp --check-tensors
-    if (t->type != GGML_TYPE_MPQ2) {
+    if (t->type == GGML_TYPE_Q8_0R) {
+        check_q8_0r_tensor(t, valid);
+        return;
+    }
+    if (t->type != GGML_TYPE_MPQ2 && t->type != GGML_TYPE_MPQ2R) {     // MPQ2R: the same blocks and kernels
         return;
     }
     FUZZ_CHECK(t->ne[0] % QK_MPQ2 == 0, "MPQ2 tensor '%s' with %lld weights per row was accepted", t->name, (long long) t->ne[0]);
@@ -298,8 +450,18 @@ static void check_tensor(const ggml_tensor * t, uint32_t seed) {
     for (int64_t r = 0; r < nrows && r < MAX_DOT_ROWS; ++r) {
         std::memcpy(row, (const uint8_t *) t->data + r * row_bytes, row_bytes);
         check_row(row, t->ne[0] / QK_MPQ2, true, seed + (uint32_t) r);
+        if (r == 0) {
+            check_2x2(row, t->ne[0] / QK_MPQ2, seed);
+        }
     }
     free(row);
+    // the tensor's blocks (up to MAX_X16_BLOCKS) as 16 rows of the repacked layout
+    const int64_t nblocks = (int64_t) (nbytes / sizeof(block_mpq2));
+    const int64_t take = nblocks < MAX_X16_BLOCKS ? nblocks : MAX_X16_BLOCKS;
+    uint8_t * blocks = (uint8_t *) malloc(take * sizeof(block_mpq2));
+    std::memcpy(blocks, t->data, take * sizeof(block_mpq2));
+    check_x16(blocks, take, seed);
+    free(blocks);
 }
 
 // Upstream limit (docs/ROBUSTNESS.md): gguf.cpp's shape check multiplies by dimensions of 0 and
@@ -413,7 +575,8 @@ extern "C" int LLVMFuzzerInitialize(int *, char ***) {
     if (const char * probe = getenv("MPQ2_FUZZ_ASSERT_PROBE")) {
         assert_probe(probe);
     }
-    fprintf(stderr, "fuzz_gguf_mpq2: vec_dot kernel %s (and generic)\n", ggml_vec_dot_mpq2_q8_0_impl());
+    fprintf(stderr, "fuzz_gguf_mpq2: vec_dot kernel %s (and generic), x16 kernel %s (and generic)\n",
+            ggml_vec_dot_mpq2_q8_0_impl(), ggml_mpq2x16_impl());
     for (int d = 0; d < 256; ++d) {
         const float r = ref_scale((uint8_t) d);
         FUZZ_CHECK(std::isfinite(r) && r > 0.0f && same_float(r, mpq2_d_from_code((uint8_t) d)),

@@ -40,6 +40,9 @@ def seeds() -> dict[str, bytes]:
     t = lay.tensor(up)
     out["seed-gguf-row-96"] = gd.set_u64(base, t.ne_offsets[0], 96)                  # not a multiple of 64
     out["seed-gguf-type-gap-95"] = gd.set_u32(base, t.type_offset, 95)
+    out["seed-gguf-mpq2r"] = gd.set_u32(base, t.type_offset, gd.MPQ2R)              # the same blocks, rotated
+    # Q8_0R: token_embd's Q8_0 bytes, (2, 64), are one Q8_0R block per row
+    out["seed-gguf-q8_0r"] = gd.set_u32(base, lay.tensor("token_embd.weight").type_offset, gd.Q8_0R)
     out["seed-gguf-offset-past-end"] = gd.set_u64(base, lay.tensors[-1].offset_offset, 1 << 40)
     out["seed-gguf-rows-past-end"] = gd.set_u64(base, t.ne_offsets[1], 1 << 20)
     # raw MPQ2 blocks
