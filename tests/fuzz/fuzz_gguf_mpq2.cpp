@@ -313,6 +313,38 @@ static void check_x16(const uint8_t * blocks, int64_t total, uint32_t seed) {
     free(rows);
 }
 
+// The C quantizers on the same bytes read as floats (any bit pattern: NaN, Inf, subnormals), when
+// they are whole 64-float blocks: MPQ2 and MPQ2R must write valid, finite blocks whatever the
+// input (llama-quantize does not check its floats); with an imatrix (the floats' magnitudes, NaN
+// taken as 0) and at the salient fractions 0, 1/8 and 1. numpy's agreement is tests/test_fuzz.py's.
+static constexpr size_t MAX_QUANTIZE_BYTES = 1024;   // up to 4 blocks: the search is the slowest thing here
+static void check_quantizer(const uint8_t * buf, size_t size) {
+    if (size == 0 || size % (QK_MPQ2 * sizeof(float)) != 0 || size > MAX_QUANTIZE_BYTES) {
+        return;
+    }
+    const int64_t n = (int64_t) (size / sizeof(float));
+    std::vector<float> x(n), im(n), y(n);
+    std::memcpy(x.data(), buf, size);
+    for (int64_t j = 0; j < n; ++j) {
+        const float a = std::fabs(x[j]);
+        im[j] = std::isnan(a) ? 0.0f : std::fmin(a, 1e30f);
+    }
+    const float fraction = buf[0] % 3 == 0 ? 0.0f : buf[0] % 3 == 1 ? 0.125f : 1.0f;
+    const float * imatrix = (buf[1] & 1) ? im.data() : nullptr;
+    std::vector<uint8_t> q((n / QK_MPQ2) * sizeof(block_mpq2));
+    for (int rot = 0; rot < 2; ++rot) {
+        const size_t wrote = rot ? quantize_mpq2r_ex(x.data(), q.data(), 1, n, imatrix, fraction)
+                                 : quantize_mpq2_ex(x.data(), q.data(), 1, n, imatrix, fraction);
+        FUZZ_CHECK(wrote == q.size(), "quantize_%s_ex wrote %zu bytes for %lld weights", rot ? "mpq2r" : "mpq2", wrote, (long long) n);
+        FUZZ_CHECK(mpq2_validate_row_data(q.data(), q.size()) && ref_valid(q.data(), q.size()),
+                   "quantize_%s_ex wrote an invalid block (fraction %g, imatrix %d)", rot ? "mpq2r" : "mpq2", fraction, imatrix != nullptr);
+        dequantize_row_mpq2((const block_mpq2 *) q.data(), y.data(), n);
+        for (int64_t j = 0; j < n; ++j) {
+            FUZZ_CHECK(std::isfinite(y[j]), "quantize_%s_ex: weight %lld decodes to %a", rot ? "mpq2r" : "mpq2", (long long) j, y[j]);
+        }
+    }
+}
+
 static void fuzz_raw(const uint8_t * data, size_t size) {
     // a copy in an exactly sized heap buffer, so that ASan sees any read past the last block
     uint8_t * buf = (uint8_t *) malloc(size ? size : 1);
@@ -334,6 +366,7 @@ static void fuzz_raw(const uint8_t * data, size_t size) {
         }
         free(blocks);
     }
+    check_quantizer(buf, size);
     free(buf);
 }
 

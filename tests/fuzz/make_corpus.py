@@ -58,6 +58,16 @@ def seeds() -> dict[str, bytes]:
     out["seed-raw-all-int8"] = bytes(int8_all)
     int8_all[7] = 0x80
     out["seed-raw-int8-code-128"] = bytes(int8_all)
+    # 64 and 128 floats (whole blocks of 256 bytes): the target also quantizes them
+    import numpy as np
+    rng = np.random.default_rng(11)
+    floats = (rng.standard_normal(128) * 0.05).astype(np.float32)
+    floats[[3, 77]] *= 40.0
+    out["seed-raw-floats-128"] = floats.tobytes()
+    odd = floats[:64].copy()
+    odd[[1, 9, 30]] = [np.nan, np.inf, -np.inf]
+    odd[40] = np.float32(1e-42)                     # subnormal
+    out["seed-raw-floats-64-nonfinite"] = odd.tobytes()
     return out
 
 
