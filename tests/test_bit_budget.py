@@ -171,16 +171,27 @@ def _file_bpw(path):
 
 @pytest.mark.slow
 def test_convert_with_a_budget(tiny, tmp_path):
-    base = tmp_path / "base.gguf"
-    h.convert(tiny, "-o", base, *h.FAST, "--attn-v-type", "mpq2r")
-    base_bpw, base_types = _file_bpw(base)
+    _, _, _, plan = _setup(tiny, "--attn-v-type", "mpq2r")          # every weight at MPQ2R: the file it plans
+    base_bpw = 8 * sum(s.nbytes for s in plan.specs) / sum(math.prod(s.shape) for s in plan.specs)
     out = tmp_path / "b.gguf"
     target = base_bpw + 1.5
-    proc = h.convert(tiny, "-o", out, "--nsamples", "8", "--seqlen", "64", "--bpw", f"{target:.3f}")
+    sens = tmp_path / "sens.json"
+    args = ["--nsamples", "8", "--seqlen", "64", "--sensitivities", sens]
+    proc = h.convert(tiny, "-o", out, *args, "--bpw", f"{target:.3f}")
+    assert "measuring the sensitivity" in proc.stderr and sens.is_file()
     got, types = _file_bpw(out)
     assert got <= target * 1.0001 and got > base_bpw + 0.5, (got, target)
-    assert set(types.values()) - set(base_types.values()), types      # some weights moved up
+    assert {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"} & set(types.values()), types      # some weights moved up
     assert "predicted KL" in proc.stdout
+    # the same budget from the saved sensitivities: not measured again, the same file
+    again = tmp_path / "again.gguf"
+    proc = h.convert(tiny, "-o", again, *args, "--bpw", f"{target:.3f}")
+    assert "measuring" not in proc.stderr and "sensitivities read from" in proc.stderr
+    assert again.read_bytes() == out.read_bytes()
+    # another calibration does not reuse them
+    other = tmp_path / "other.gguf"
+    proc = h.convert(tiny, "-o", other, *args, "--seed", "1", "--bpw", f"{target:.3f}", check=False)
+    h.assert_clean_failure(proc, other, "--sensitivities", "another input, calibration")
     # llama.cpp runs it
     text = tmp_path / "t.txt"
     text.write_text(tiny_llama.corpus(200, seed=5))

@@ -2,10 +2,13 @@
 and the plan retyped to it (before the output's header is written, so every type is fixed)."""
 from __future__ import annotations
 
+import json
 import math
+import os
 
 from . import calibration, sensitivity
 from .allocate import LADDER, Allocation, allocate, bytes_of
+from .errors import ConvertError
 from .gguf_out import fits
 from .plan import Plan, Weight, qtype_of
 
@@ -49,15 +52,50 @@ def choose_types(inp, skel, plan: Plan, opts, say) -> Allocation:
     smallest = fixed + sum(min(s.values()) for s in sizes.values())
     if smallest * 8 > opts.bpw * n_elements:
         allocate(sizes, {n: dict.fromkeys(s, 0.0) for n, s in sizes.items()}, fixed, n_elements, opts.bpw)
-    seqs = calibration.calibration_batch(inp.tokenizer, opts.calib_file, opts.nsamples, opts.seqlen, opts.seed)
-    seqs = sensitivity_batch(seqs, opts.sensitivity_tokens)
-    say(f"--bpw {opts.bpw}: measuring the sensitivity of {len(cand)} weights at {len(LADDER) + 1} types "
-        f"on {seqs.numel()} tokens")
-    costs = sensitivity.measure(inp, skel, plan, seqs, cand, opts)
+    costs = _load(opts, cand)
+    if costs is None:
+        seqs = calibration.calibration_batch(inp.tokenizer, opts.calib_file, opts.nsamples, opts.seqlen, opts.seed)
+        seqs = sensitivity_batch(seqs, opts.sensitivity_tokens)
+        say(f"--bpw {opts.bpw}: measuring the sensitivity of {len(cand)} weights at {len(LADDER) + 1} types "
+            f"on {seqs.numel()} tokens")
+        costs = sensitivity.measure(inp, skel, plan, seqs, cand, opts)
+        _save(opts, cand, costs)
+    else:
+        say(f"--bpw {opts.bpw}: sensitivities read from {opts.sensitivities}")
     alloc = allocate(sizes, costs, fixed, n_elements, opts.bpw)
     say(f"--bpw {opts.bpw}: {alloc.bits_per_weight:.3f} bits per weight, predicted KL "
         f"{sum(alloc.predicted.values()):.4f} nats/token; " + _census(alloc))
     return alloc
+
+
+def _key(opts, cand) -> dict:
+    """What the sensitivities depend on: the input, the calibration, the candidates."""
+    fp = opts.fingerprint
+    return {k: fp.get(k) for k in ("model", "calib_file", "nsamples", "seqlen", "seed", "sensitivity_tokens",
+                                   "salient_fraction", "salience", "no_gate", "all_2bit", "percdamp")} | \
+        {"input": opts.input_identity, "candidates": cand}
+
+
+def _load(opts, cand):
+    """--sensitivities FILE: the costs of an earlier run with the same key, else None."""
+    path = opts.sensitivities
+    if path is None or not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError as e:
+        raise ConvertError(f"--sensitivities {path}: not a sensitivity file ({e}); delete it or name another") from e
+    if saved.get("key") != json.loads(json.dumps(_key(opts, cand))):
+        raise ConvertError(f"--sensitivities {path} was measured for another input, calibration or set of "
+                           f"candidates; delete it or name another file")
+    return saved["costs"]
+
+
+def _save(opts, cand, costs) -> None:
+    if opts.sensitivities is not None:
+        tmp = opts.sensitivities.with_name(opts.sensitivities.name + ".tmp")
+        tmp.write_text(json.dumps({"key": _key(opts, cand), "costs": costs}, indent=1))
+        os.replace(tmp, opts.sensitivities)
 
 
 def sensitivity_batch(seqs, tokens: int, n_seqs: int = 16):

@@ -75,6 +75,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "stay as given. Default: no budget, the types below")
     g.add_argument("--sensitivity-tokens", type=int, default=2048, metavar="N",
                    help="with --bpw: calibration tokens the sensitivities are measured on (default 2048)")
+    g.add_argument("--sensitivities", type=Path, default=None, metavar="FILE.json",
+                   help="with --bpw: keep the measured sensitivities in FILE.json, and read them from there when it "
+                        "exists (the same input and calibration): converting one model at several budgets then "
+                        "measures once")
     g.add_argument("--type", choices=["mpq2r", "mpq2"], default="mpq2r",
                    help="type of the quantized weights: mpq2r (default: MPQ2 blocks of weights turned by a fixed "
                         "64-point rotation that the kernels apply to the activations too; same size, lower error: "
@@ -134,7 +138,7 @@ def _check_types(args) -> list[tuple[re.Pattern, str]]:
 
 
 # Options that do not change the output's bytes, left out of a run's fingerprint (resume.py).
-NOT_FINGERPRINTED = {"resume", "force", "quiet", "threads", "report", "outfile"}
+NOT_FINGERPRINTED = {"resume", "force", "quiet", "threads", "report", "outfile", "sensitivities"}
 
 
 def resolve_device(name: str):
@@ -177,6 +181,8 @@ def options(args: argparse.Namespace) -> argparse.Namespace:
                         if k not in NOT_FINGERPRINTED | {"overrides", "cfg", "fingerprint"}}
     args.fingerprint["model"] = str(args.model.resolve())
     args.fingerprint["calib_file"] = [str(Path(f).resolve()) for f in args.calib_file or []]
+    from .resume import input_identity
+    args.input_identity = input_identity(args.model) if args.model.exists() else []
     return args
 
 
