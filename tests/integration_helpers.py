@@ -92,12 +92,14 @@ def free_port() -> int:
 class Server:
     """A llama.cpp server process (llama-server, rpc-server) on 127.0.0.1, its log in a file."""
 
-    def __init__(self, tool: str, args: list, log: Path, port: int | None = None):
+    def __init__(self, tool: str | Path, args: list, log: Path, port: int | None = None, env: dict | None = None):
+        """tool: a build/bin tool's name, or a path to an executable."""
         self.port = port or free_port()
         self.log_path = log
         self._log = open(log, "w")
-        self.proc = subprocess.Popen([str(h.tool(tool)), *map(str, args)], stdout=self._log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        exe = tool if isinstance(tool, Path) else h.tool(tool)
+        self.proc = subprocess.Popen([str(exe), *map(str, args)], stdout=self._log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
 
     def log(self) -> str:
         self._log.flush()
@@ -146,8 +148,8 @@ class Server:
 
 
 @contextmanager
-def server(tool: str, args: list, log: Path, port: int | None = None):
-    s = Server(tool, args, log, port)
+def server(tool: str | Path, args: list, log: Path, port: int | None = None, env: dict | None = None):
+    s = Server(tool, args, log, port, env)
     try:
         yield s
     finally:
