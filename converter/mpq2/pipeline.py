@@ -43,6 +43,12 @@ ROW_CHUNK = 8192          # rows of a tall matrix (embedding, output) handled at
 GPTQ_TYPES = {*OUR_TYPES, *qtypes.GRIDS}   # encoded with GPTQ on their layer's Hessian
 
 
+def uses_gptq(w: "Weight") -> bool:
+    """GPTQ works on 64-column blocks: a llama.cpp type on rows of other widths (a fallback)
+    is rounded to nearest."""
+    return w.type in GPTQ_TYPES and w.shape[1] % 64 == 0
+
+
 @dataclass
 class Row:
     """One line of the end-of-run table."""
@@ -256,7 +262,7 @@ def quantize_block(i: int, inp: ModelInput, skel, plan: Plan, opts, prog: Progre
     block = skeleton.load_block(skel, i, inp.source, opts.device)
     linears = capture.linear_modules(block)
     weights = plan.blocks[i]
-    hessians = collect_hessians(block, prog.inputs, [m for m, w in weights.items() if w.type in GPTQ_TYPES], opts)
+    hessians = collect_hessians(block, prog.inputs, [m for m, w in weights.items() if uses_gptq(w)], opts)
     if prog.finputs is not None:          # the float block on the float trajectory, before it changes
         prog.finputs = capture.run_block(block, prog.finputs)
     targets = None
@@ -341,7 +347,7 @@ def encode_output(inp: ModelInput, skel, plan: Plan, opts, prog: Progress, out: 
         decoded = read_back(run.part, out, plan.output)
     else:
         weight = inp.source.get(plan.output.hf).to(opts.device)
-        g = new_gptq(weight, opts) if plan.output.type in GPTQ_TYPES else None
+        g = new_gptq(weight, opts) if uses_gptq(plan.output) else None
         with torch.no_grad():
             for hs, _, _ in (prog.inputs if g else []):
                 g.add_batch(norm(hs))
