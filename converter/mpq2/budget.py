@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 
 from . import calibration, sensitivity
 from .allocate import LADDER, Allocation, allocate, bytes_of
@@ -58,7 +59,10 @@ def choose_types(inp, skel, plan: Plan, opts, say) -> Allocation:
         seqs = sensitivity_batch(seqs, opts.sensitivity_tokens)
         say(f"--bpw {opts.bpw}: measuring the sensitivity of {len(cand)} weights at {len(LADDER) + 1} types "
             f"on {seqs.numel()} tokens")
+        t0 = time.time()
         costs = sensitivity.measure(inp, skel, plan, seqs, cand, opts)
+        plan.notes.append(f"--bpw: sensitivities of {len(cand)} weights measured on {seqs.numel()} tokens "
+                          f"in {time.time() - t0:.0f} s")
         _save(opts, cand, costs)
     else:
         say(f"--bpw {opts.bpw}: sensitivities read from {opts.sensitivities}")
