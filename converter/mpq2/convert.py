@@ -85,7 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "docs/BENCHMARKS.md) or mpq2 (the paper's layout as is)")
     g.add_argument("--output-type", default="auto",
                    help="output projection type: auto (default: --type, GPTQ on the final hidden states), mpq2r, mpq2, "
-                        "q8_0, q5_0, q4_0, f16, bf16, f32; with tied embeddings it is also the token embedding's type")
+                        "q8_0, q5_1, q5_0, q4_1, q4_0 (GPTQ on their grids too), f16, bf16, f32; with tied embeddings it is also the token embedding's type")
     g.add_argument("--embd-type", default="auto",
                    help="token embedding type when it is not tied to the output (default: --type, round to nearest)")
     g.add_argument("--attn-v-type", default="auto",
