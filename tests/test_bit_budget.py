@@ -126,7 +126,7 @@ def test_predicted_cost_matches_the_measured_kl(tiny):
     with torch.no_grad():
         p_ref = torch.log_softmax(model(seqs).logits.float(), -1)
     params = dict(model.named_parameters())
-    by_name = {w.name: w for w in budget.weights_of(plan)}
+    by_name = {w.name: w for w in plan.weights()}
     ratios = []
     for name, types in cand.items():
         w = by_name[name]

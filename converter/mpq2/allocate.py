@@ -59,12 +59,9 @@ def allocate(sizes: dict[str, dict[str, int]], costs: dict[str, dict[str, float]
     """`sizes`/`costs`: per weight, per candidate type; `fixed_bytes`: every other tensor's bytes;
     `n_elements`: of the whole file. Raises ConvertError below the smallest possible file."""
     budget = bpw * n_elements / 8.0
+    check_budget(sizes, fixed_bytes, n_elements, bpw)
     pick = {n: min(s, key=lambda t: (s[t], costs[n][t])) for n, s in sizes.items()}
     used = fixed_bytes + sum(sizes[n][t] for n, t in pick.items())
-    if used > budget:
-        raise ConvertError(f"--bpw {bpw}: this model's smallest file has {used * 8 / n_elements:.3f} bits per weight "
-                           f"(every weight at its smallest type; norms and the tensors of fixed type count too); "
-                           f"ask for at least that")
     hulls = {n: hull([(sizes[n][t], costs[n][t], t) for t in sizes[n]]) for n in sizes}
     for n in sizes:                       # start at the hull's first point (the smallest, best)
         used += hulls[n][0][0] - sizes[n][pick[n]]
@@ -85,6 +82,15 @@ def allocate(sizes: dict[str, dict[str, int]], costs: dict[str, dict[str, float]
             heapq.heappush(heap, (_slope(hulls[n], k + 1), n))
     used = _fill(sizes, costs, pick, used, budget)
     return Allocation(pick, used * 8 / n_elements, {n: costs[n][t] for n, t in pick.items()})
+
+
+def check_budget(sizes: dict[str, dict[str, int]], fixed_bytes: int, n_elements: int, bpw: float) -> None:
+    """Raises ConvertError when even every weight at its smallest type exceeds the budget."""
+    smallest = fixed_bytes + sum(min(s.values()) for s in sizes.values())
+    if smallest * 8 > bpw * n_elements:
+        raise ConvertError(f"--bpw {bpw}: this model's smallest file has {smallest * 8 / n_elements:.3f} bits per "
+                           f"weight (every weight at its smallest type; norms and the tensors of fixed type count "
+                           f"too); ask for at least that")
 
 
 def _slope(h, k: int) -> float:

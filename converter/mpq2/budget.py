@@ -3,20 +3,16 @@ and the plan retyped to it (before the output's header is written, so every type
 from __future__ import annotations
 
 import json
+from collections import Counter
 import math
 import os
 import time
 
 from . import calibration, sensitivity
-from .allocate import LADDER, Allocation, allocate, bytes_of
+from .allocate import LADDER, Allocation, allocate, bytes_of, check_budget
 from .errors import ConvertError
 from .gguf_out import fits
 from .plan import Plan, Weight, qtype_of
-
-
-def weights_of(plan: Plan) -> list[Weight]:
-    ws = [plan.output] + ([plan.embedding] if plan.embedding is not None else [])
-    return ws + [w for block in plan.blocks for w in block.values()]
 
 
 def is_fixed(w: Weight, plan: Plan, opts) -> bool:
@@ -34,7 +30,7 @@ def is_fixed(w: Weight, plan: Plan, opts) -> bool:
 def candidates(plan: Plan, opts) -> dict[str, list[str]]:
     """GGUF name -> candidate types (smallest first) of every weight whose type is allocated."""
     out = {}
-    for w in weights_of(plan):
+    for w in plan.weights():
         if not is_fixed(w, plan, opts):
             types = [t for t in [opts.type, *LADDER] if fits(t, w.shape[1])]
             if types:
@@ -45,14 +41,11 @@ def candidates(plan: Plan, opts) -> dict[str, list[str]]:
 def choose_types(inp, skel, plan: Plan, opts, say) -> Allocation:
     """Measures the sensitivities on the first calibration sequences and allocates the budget."""
     cand = candidates(plan, opts)
-    by_name = {w.name: w for w in weights_of(plan)}
+    by_name = {w.name: w for w in plan.weights()}
     sizes = {n: {t: bytes_of(by_name[n].shape, qtype_of(t)) for t in ts} for n, ts in cand.items()}
     fixed = sum(s.nbytes for s in plan.specs if s.name not in cand)
     n_elements = sum(math.prod(s.shape) for s in plan.specs)
-    # below the smallest file, say so before any work
-    smallest = fixed + sum(min(s.values()) for s in sizes.values())
-    if smallest * 8 > opts.bpw * n_elements:
-        allocate(sizes, {n: dict.fromkeys(s, 0.0) for n, s in sizes.items()}, fixed, n_elements, opts.bpw)
+    check_budget(sizes, fixed, n_elements, opts.bpw)          # below the smallest file: say so before any work
     costs = _load(opts, cand)
     if costs is None:
         seqs = calibration.calibration_batch(inp.tokenizer, opts.calib_file, opts.nsamples, opts.seqlen, opts.seed)
@@ -112,8 +105,5 @@ def sensitivity_batch(seqs, tokens: int, n_seqs: int = 16):
 
 
 def _census(alloc: Allocation) -> str:
-    counts: dict[str, int] = {}
-    for t in alloc.types.values():
-        counts[t] = counts.get(t, 0) + 1
-    return ", ".join(f"{n} x {t}" for t, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return ", ".join(f"{n} x {t}" for t, n in Counter(alloc.types.values()).most_common())
 

@@ -111,7 +111,7 @@ def convert(opts) -> Result:
     plan = make_plan(inp, skel, opts)
     for note in plan.notes:
         say(opts, note)
-    run = resume.RunState(opts.outfile, opts.fingerprint, resume.input_identity(opts.model))
+    run = resume.RunState(opts.outfile, opts.fingerprint, opts.input_identity)
     saved = run.open(opts.resume, opts.force)
     try:
         if opts.bpw:

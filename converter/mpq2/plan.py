@@ -39,6 +39,11 @@ class Plan:
     specs: list[TensorSpec] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)   # fallbacks, said to the user
 
+    def weights(self) -> list[Weight]:
+        """Every weight the converter encodes: the output, the untied embedding, the blocks'."""
+        ws = [self.output] + ([self.embedding] if self.embedding is not None else [])
+        return ws + [w for block in self.blocks for w in block.values()]
+
 
 def qtype_of(type_name: str) -> gguf.GGMLQuantizationType:
     return OUR_TYPES[type_name][0] if type_name in OUR_TYPES else OTHER_TYPES[type_name]
@@ -102,8 +107,8 @@ def make_plan(inp, skeleton, opts) -> Plan:
 
 def retype(plan: Plan, types: dict[str, str], skeleton) -> None:
     """The plan with the weights named in `types` given those types (--bpw's allocation)."""
-    for w in [plan.output, plan.embedding, *(w for block in plan.blocks for w in block.values())]:
-        if w is not None and w.name in types:
+    for w in plan.weights():
+        if w.name in types:
             w.type = types[w.name]
     plan.specs = _specs(plan, skeleton)
 

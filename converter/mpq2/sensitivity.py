@@ -115,7 +115,8 @@ def output_costs(inp, skel, plan, h_last: torch.Tensor, seqs, candidates, costs,
             if tied_rows is not None:
                 tied_rows[t][used] = D[ids[used] - lo]
         del W, p
-    grad_x -= _rows(inp.source, w.hf, label)           # the sampled labels' one-hot part
+    # the sampled labels' one-hot part: their rows of the output matrix
+    grad_x -= skeleton.embed(lambda r: inp.source.get(w.hf, r), label.cpu(), ROW_CHUNK).to(xd.device)
     for t in types:
         a, b = acc[t]
         _add(costs, w.name, t, 0.5 * float((a - b * b).clamp_min(0).mean()))
@@ -229,20 +230,6 @@ def _identity_gptq(shape, opts) -> MPQ2GPTQ:
     g.H = torch.eye(shape[1], dtype=torch.float64, device=g.device)
     g.nsamples = 1
     return g
-
-
-def _rows(source, name: str, ids: torch.Tensor) -> torch.Tensor:
-    """Rows `ids` of a tall matrix, read in row chunks."""
-    out = None
-    for lo, hi in _chunks(int(ids.max()) + 1):
-        m = (ids >= lo) & (ids < hi)
-        if not m.any():
-            continue
-        chunk = source.get(name, slice(lo, hi)).to(ids.device)
-        if out is None:
-            out = torch.empty(ids.shape[0], chunk.shape[1], device=ids.device)
-        out[m] = chunk[ids[m] - lo]
-    return out
 
 
 def _cost(s: torch.Tensor, n_seqs: int, per_sequence: bool = False) -> float:
