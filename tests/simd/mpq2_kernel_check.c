@@ -230,6 +230,19 @@ static void fill_quantized(int n, float salient) {
     mpq2_quantize_q8_0(F, Y, n);
 }
 
+// One all-int8 block of zeros at the largest block scale among 2-bit blocks at the smallest
+// (block `at` % the row's blocks): a kernel that reads the int8 words as 2-bit codes first and
+// takes that reading back in float loses the rest of the row (the fuzzer's
+// regress-raw-x16-int8-word-huge-scale); the error must stay relative to the true terms.
+static void fill_huge_int8_block(int n, int at) {
+    fill_random(n, 0, 127);
+    const int nb = n / QK_MPQ2, big = at % nb;
+    for (int ib = 0; ib < nb; ++ib) X[ib].d = 0;   // 2^-40
+    X[big].d = 255;                                // 1.75 * 2^23
+    X[big].meta = (uint16_t) ((X[big].meta & 0xFFF0) | 0xF);
+    for (int w = 0; w < 4; ++w) X[big].qs[w] = 0;
+}
+
 static void fill_random_bitmap(int n, int bitmap) { fill_random(n, bitmap, 127); }
 static void fill_extreme_variant(int n, int variant) { fill_extreme(n, variant); }
 static void fill_quantized_pct(int n, int pct) { fill_quantized(n, (float) pct / 100.0f); }
@@ -281,6 +294,7 @@ int main(int argc, char ** argv) {
         const int n = x16_lengths[il];
         for (size_t ip = 0; ip < sizeof(patterns)/sizeof(patterns[0]); ++ip) check_x16(patterns[ip].name, n, fill_random_bitmap, patterns[ip].bitmap);
         for (int variant = 0; variant < 8; ++variant) check_x16("extreme values", n, fill_extreme_variant, variant);
+        for (int at = 0; at < 3; ++at) check_x16("huge int8 block", n, fill_huge_int8_block, at);
         check_x16("quantized, salient 0", n, fill_quantized_pct, 0);
         check_x16("quantized, salient 0.125", n, fill_quantized_pct, 12);
     }

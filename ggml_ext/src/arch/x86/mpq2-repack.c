@@ -15,9 +15,9 @@
 //           exact integer dot product.
 // The two words of one Q8_0 block are summed, converted (exact below 2^24) and accumulated
 // times d * d_q8 per lane. Up to 8 activation columns share each decoded word (prompts). The
-// main loop takes every word as 2-bit; salient (int8) words, about 0.01% of converted words,
-// are corrected in a second pass over the group for the lanes that have them (sign trick), so
-// the main loop keeps its registers for 8 columns.
+// main loop takes every word as 2-bit; in a block with salient (int8) words, about 0.01% of
+// converted words, an out-of-line integer correction (int8 dot by the sign trick - 2-bit dot)
+// is added for the lanes that have them before the block's sum goes to float.
 #include <immintrin.h>
 
 #define MPQ2_RP_INLINE static inline __attribute__((always_inline))
@@ -80,35 +80,29 @@ MPQ2_RP_INLINE __m512 mpq2_rp_dx(__m512i hdr) {
         _mm512_and_si512(_mm512_srli_epi32(hdr, 3), _mm512_set1_epi32(0x1FE00000)), _mm512_set1_epi32(87 << 23)));
 }
 
-// Second pass over a group for its int8 words (about 0.01% of converted words): the main loop
-// took every word as 2-bit; add (int8 dot - 2-bit dot) for the lanes that hold an int8 word.
-// Kept out of the main loop so that its registers stay free for 8 columns.
-static __attribute__((noinline)) void mpq2_x16_int8_fix(int nb, const block_mpq2x16 * xg, const mpq2_act * y, int nc,
-                                                        __m512 * acc, __m512i pt0, __m512i pt1, __m512i mt) {
-    for (int ib = 0; ib < nb; ++ib) {
-        const block_mpq2x16 * xb = xg + ib;
-        const __m512i hdr = _mm512_loadu_si512(xb->hdr);
-        if (!_mm512_test_epi32_mask(hdr, _mm512_set1_epi32(15))) {
+// Half h of block ib: (int8 dot - 2-bit dot) of words 2h, 2h+1 for the lanes whose word holds
+// int8 means, 0 elsewhere, per column. The main loop reads every word as 2-bit; this integer
+// correction, added before the block's conversion to float, makes the block's sum exact, so
+// the kernel's error is relative to the row's true terms, as the row-wise kernels'. Out of line
+// (int8 words are about 0.01% of converted words) so that the main loop keeps its registers
+// for 8 columns.
+static __attribute__((noinline)) void mpq2_x16_int8_diff(const block_mpq2x16 * xb, __m512i hdr, const mpq2_act * y, int ib,
+                                                         int h, int nc, __m512i pt0, __m512i pt1, __m512i mt, __m512i * d) {
+    for (int c = 0; c < nc; ++c) d[c] = _mm512_setzero_si512();
+    for (int w = 2*h; w < 2*h + 2; ++w) {
+        const __mmask16 kw = _mm512_test_epi32_mask(hdr, _mm512_set1_epi32(1 << w));
+        if (!kw) {
             continue;
         }
-        const __m512 dx = mpq2_rp_dx(hdr);
-        for (int w = 0; w < MPQ2_WORDS; ++w) {
-            const __mmask16 kw = _mm512_test_epi32_mask(hdr, _mm512_set1_epi32(1 << w));
-            if (!kw) {
-                continue;
-            }
-            const __m512i q    = _mm512_loadu_si512(xb->qs[w]);
-            const __m512i ix   = _mm512_srli_epi32(hdr, (unsigned) MPQ2_RP_WORD_SHIFT(w));
-            const __m512i pair = _mm512_permutex2var_epi32(pt0, ix, pt1);
-            const __m512i m    = _mm512_permutexvar_epi32(ix, mt);   // index bits 0..3: code and one ignored bit
-            __m512i cs[4];
-            for (int k = 0; k < 4; ++k) cs[k] = mpq2_rp_codes(q, k);
-            for (int c = 0; c < nc; ++c) {
-                const __m512i fast = _mm512_madd_epi16(mpq2_rp_pair_sums(cs, &y[c], ib, w), pair);
-                const __m512i diff = _mm512_sub_epi32(mpq2_rp_int8_word(q, m, &y[c], ib, w), fast);
-                acc[c] = _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(diff), _mm512_mul_ps(dx, _mm512_set1_ps(y[c].dy[2*ib + w/2])),
-                                               acc[c], kw);
-            }
+        const __m512i q    = _mm512_loadu_si512(xb->qs[w]);
+        const __m512i ix   = _mm512_srli_epi32(hdr, (unsigned) MPQ2_RP_WORD_SHIFT(w));
+        const __m512i pair = _mm512_permutex2var_epi32(pt0, ix, pt1);
+        const __m512i m    = _mm512_permutexvar_epi32(ix, mt);   // index bits 0..3: code and one ignored bit
+        __m512i cs[4];
+        for (int k = 0; k < 4; ++k) cs[k] = mpq2_rp_codes(q, k);
+        for (int c = 0; c < nc; ++c) {
+            const __m512i fast = _mm512_madd_epi16(mpq2_rp_pair_sums(cs, &y[c], ib, w), pair);
+            d[c] = _mm512_mask_add_epi32(d[c], kw, d[c], _mm512_sub_epi32(mpq2_rp_int8_word(q, m, &y[c], ib, w), fast));
         }
     }
 }
@@ -118,12 +112,11 @@ MPQ2_RP_INLINE void mpq2_x16_group(int nb, float * s, size_t bs, const block_mpq
                                    const int nc, __m512i pt0, __m512i pt1, __m512i mt) {
     __m512 acc[8];
     for (int c = 0; c < nc; ++c) acc[c] = _mm512_setzero_ps();
-    __mmask16 any_int8 = 0;
     for (int ib = 0; ib < nb; ++ib) {
         const block_mpq2x16 * xb = xg + ib;
         const __m512i hdr = _mm512_loadu_si512(xb->hdr);
         const __m512 dx = mpq2_rp_dx(hdr);
-        any_int8 |= _mm512_test_epi32_mask(hdr, _mm512_set1_epi32(15));
+        const int salient = _mm512_test_epi32_mask(hdr, _mm512_set1_epi32(15)) != 0;
         for (int h = 0; h < 2; ++h) {
             __m512i u[8];
             for (int c = 0; c < nc; ++c) u[c] = _mm512_setzero_si512();
@@ -135,12 +128,14 @@ MPQ2_RP_INLINE void mpq2_x16_group(int nb, float * s, size_t bs, const block_mpq
                 for (int k = 0; k < 4; ++k) cs[k] = mpq2_rp_codes(q, k);
                 for (int c = 0; c < nc; ++c) u[c] = MPQ2_RP_MADD_ACC(u[c], mpq2_rp_pair_sums(cs, &y[c], ib, w), pair);
             }
+            if (__builtin_expect(salient, 0)) {
+                __m512i d[8];
+                mpq2_x16_int8_diff(xb, hdr, y, ib, h, nc, pt0, pt1, mt, d);
+                for (int c = 0; c < nc; ++c) u[c] = _mm512_add_epi32(u[c], d[c]);
+            }
             for (int c = 0; c < nc; ++c)
                 acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(u[c]), _mm512_mul_ps(dx, _mm512_set1_ps(y[c].dy[2*ib + h])), acc[c]);
         }
-    }
-    if (__builtin_expect(any_int8 != 0, 0)) {
-        mpq2_x16_int8_fix(nb, xg, y, nc, acc, pt0, pt1, mt);
     }
     for (int c = 0; c < nc; ++c) _mm512_storeu_ps(s + c*bs, acc[c]);
 }
