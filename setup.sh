@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything into the current Python (use a venv if you like) and builds the patched
-# llama.cpp into build/. With --demo, then quantizes SmolLM2-135M-Instruct to MPQ2 and chats.
+# llama.cpp into build/. With --demo, then converts SmolLM2-135M-Instruct at a bit budget and sets
+# it beside the F16 file: size, perplexity, tokens/s and the same chat questions (bench/demo.py).
 #
 #   bash setup.sh --demo        # install + demo
 #   bash setup.sh               # install only
@@ -42,13 +43,13 @@ test -x build/bin/llama-quantize || { echo "setup: build failed, see: cmake --bu
 # gguf-py of the same pinned source, patched to know MPQ2, then this project.
 "$PY" -m pip install --quiet ./build/llama.cpp-src/gguf-py
 "$PY" -m pip install --quiet -e .
-echo "setup: done. Tools in build/bin, Python packages mpq2 and llama_mpq2 installed."
-
-if [[ "${1:-}" == "--demo" ]]; then
-    "$PY" bench/demo.py
-fi
 
 # The integration tests (docs/INTEGRATIONS.md): llama-cpp-python's Python half only (it loads the
 # patched build/bin/libllama.so through LLAMA_CPP_LIB_PATH, no llama.cpp build of its own), openai.
 CMAKE_ARGS="-DLLAMA_BUILD=OFF" "$PY" -m pip install --quiet --no-binary llama-cpp-python "llama-cpp-python==0.3.36"
 "$PY" -m pip install --quiet openai
+echo "setup: done. Tools in build/bin, Python packages mpq2 and llama_mpq2 installed."
+
+if [[ "${1:-}" == "--demo" ]]; then
+    "$PY" bench/demo.py
+fi

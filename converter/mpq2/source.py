@@ -222,7 +222,8 @@ class GGUFSource(Source):
         if order is not None:
             w = w[np.argsort(order)]
             w = w if rows is None else w[rows]
-        return torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+        # F32 tensors come back as read-only views of the memory map: copied then, not otherwise
+        return torch.from_numpy(np.require(w, np.float32, ["C_CONTIGUOUS", "WRITEABLE"]))
 
 
 def open_source(path: Path) -> Source:
