@@ -342,7 +342,8 @@ def encode_output(inp: ModelInput, skel, plan: Plan, opts, prog: Progress, out: 
     """The output projection (GPTQ on the final normed hidden states), the final norm's gain
     tuned on its logits, then the untied token embedding (round to nearest, in row chunks)."""
     norm = skeleton.load_module(skel.model.norm, inp.source, "model.norm.", opts.device)
-    data = None
+    data = weight = None
+    tune = opts.tune_norms and opts.tune_output_norm
     if plan.embd_first:
         decoded = read_back(run.part, out, plan.output)
     else:
@@ -353,15 +354,20 @@ def encode_output(inp: ModelInput, skel, plan: Plan, opts, prog: Progress, out: 
                 g.add_batch(norm(hs))
         data, decoded, row = encode_weight(plan.output, weight, g, opts, ROW_CHUNK)
         prog.rows.append(row)
-        del weight, g
-    if opts.tune_norms and opts.tune_output_norm:
+        del g
+        if not tune:
+            weight = None
+    if tune:
         say(opts, "tuning the final norm's gain")
-        float_weight = inp.source.get(plan.output.hf).to(opts.device)
+        # the float weight kept from the encoding, not read again: a 128k-vocabulary output
+        # is 2 GB in float32, and a second read's copies made this stage the run's peak
+        float_weight = weight if weight is not None else inp.source.get(plan.output.hf).to(opts.device)
+        weight = None
         float_norm = copy.deepcopy(norm)
         target = norms.float_logits_of(float_norm, float_weight, prog.finputs if prog.finputs is not None else prog.inputs)
         tuned = norms.tune_output(norm, decoded.to(opts.device), [hs for hs, _, _ in prog.inputs], target, opts.tune_norms)
         say(opts, f"final norm: {tuned.describe()}")
-        del float_weight
+        del float_weight, target
     del decoded
     out.write(*inp.layout.values("model.norm.weight", norm.weight))
     if data is not None:
