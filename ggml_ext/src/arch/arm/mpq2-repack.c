@@ -17,9 +17,9 @@
 // The two words of one Q8_0 block are summed (|sum| < 2^24: exact in float) and accumulated
 // times d * d_q8 per lane. One column runs one quad of rows at a time (the activations
 // are reread from L1 per quad); more columns run 4 at a time on one quad, so each decoded word
-// meets 4 columns. The main loop takes every word as 2-bit; in a block with int8 words (about
-// 0.01% of converted words) an out-of-line integer correction is added for the lanes that
-// have them before the block's sum goes to float, as on x86.
+// meets 4 columns. The main loop reads every word as 2-bit and masks to 0 the block scale of
+// the lanes whose block has int8 words (about 0.01% of converted words); a second pass adds those lanes'
+// blocks whole, exact in integers before they go to float.
 #include <arm_neon.h>
 
 #define MPQ2_RP_INLINE static inline __attribute__((always_inline))
@@ -117,41 +117,101 @@ MPQ2_RP_INLINE float32x4_t mpq2_rp_neon_dx8(uint32x4_t hdr) {
                                            vdupq_n_u32((87u + 3u) << 23)));
 }
 
-// Block ib, rows 4*qd..4*qd+3 of a group: (int8 dot - 2-bit dot) of each word, in the word's
-// true integer units (8 times the main loop's), for the lanes whose word holds int8 means and 0
-// elsewhere, per column and half block. The main loop reads every word as 2-bit; this integer
-// correction, added before the block's conversion to float, makes the block's sum exact (see
-// the x86 kernel). Out of line: int8 words are about 0.01% of converted words.
-static __attribute__((noinline)) void mpq2_x16_neon_int8_diff(const block_mpq2x16 * xb, uint32x4_t hdr, int qd, const mpq2_act * y,
-                                                              int ib, int nc, const mpq2_rp_neon_tabs * tabs, int32x4_t d[4][2]) {
-    for (int c = 0; c < nc; ++c) d[c][0] = d[c][1] = vdupq_n_s32(0);
+// Rows 4*qd..4*qd+3 of block ib, words read as 2-bit codes: per column, each half block's sum
+// of m (16 S - z A) / 8 (the 8 goes into the block scale).
+MPQ2_RP_INLINE void mpq2_x16_neon_2bit(const block_mpq2x16 * xb, uint32x4_t hdr, int qd, const mpq2_act * y, int ib,
+                                       const int NC, const int32x4_t * av, const mpq2_rp_neon_tabs * tabs, int32x4_t u[4][2]) {
+    for (int c = 0; c < NC; ++c) u[c][0] = u[c][1] = vdupq_n_s32(0);
     for (int w = 0; w < MPQ2_WORDS; ++w) {
-        const uint32x4_t kw = vtstq_u32(hdr, vdupq_n_u32(1u << w));
-        if (vmaxvq_u32(kw) == 0) {
-            continue;
-        }
         const uint32x4_t q   = vld1q_u32(xb->qs[w] + 4*qd);
         const uint8x16_t idx = mpq2_rp_neon_index(hdr, w);
         const int32x4_t  m2  = vreinterpretq_s32_u8(vqtbl2q_u8(tabs->m2, idx));
         const int32x4_t  zm  = vreinterpretq_s32_u8(vqtbl2q_u8(tabs->zm, idx));
-        int8x16_t cs[4], bk[4];
+        int8x16_t cs[4];
         mpq2_rp_neon_codes(q, cs);
-        static const uint8_t bcast[16] = { 0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12 };
-        for (int k = 0; k < 4; ++k) {   // byte k of each lane's word (the mean of weights 4k..4k+3) in all 4 bytes
-            bk[k] = vreinterpretq_s8_u8(vqtbl1q_u8(vreinterpretq_u8_u32(q), vaddq_u8(vld1q_u8(bcast), vdupq_n_u8((uint8_t) k))));
+        for (int c = 0; c < NC; ++c) {
+            const int8x16_t a = vld1q_s8(y[c].q[2*ib + w/2].qs + (w & 1)*MPQ2_GROUP);
+            const int32x4_t S = mpq2_rp_dot4(vdupq_n_s32(0), cs, a);
+            int32x4_t t = vmlaq_s32(u[c][w/2], S, m2);
+            switch (w) {
+                case 0:  t = vmlsq_laneq_s32(t, zm, av[c], 0); break;
+                case 1:  t = vmlsq_laneq_s32(t, zm, av[c], 1); break;
+                case 2:  t = vmlsq_laneq_s32(t, zm, av[c], 2); break;
+                default: t = vmlsq_laneq_s32(t, zm, av[c], 3); break;
+            }
+            u[c][w/2] = t;
+        }
+    }
+}
+
+// acc[c] += (u[c][0] d_q8[0] + u[c][1] d_q8[1]) * dxs (dxs: the lanes' block scales, times 8
+// for the 2-bit sums).
+MPQ2_RP_INLINE void mpq2_x16_neon_acc(float32x4_t dxs, const float32x2_t * dy, const int NC, int32x4_t u[4][2],
+                                      float32x4_t * acc) {
+    for (int c = 0; c < NC; ++c) {
+        float32x4_t t = vmulq_lane_f32(vcvtq_f32_s32(u[c][0]), dy[c], 0);
+        t = vfmaq_lane_f32(t, vcvtq_f32_s32(u[c][1]), dy[c], 1);
+        acc[c] = vfmaq_f32(acc[c], t, dxs);
+    }
+}
+
+// Second pass for rows 4*qd..4*qd+3 of a group, over the blocks with int8 words (about 0.01% of
+// converted words): the main loop left out every lane whose block has one (its sums masked to 0),
+// and this pass adds those lanes' blocks whole: the 2-bit reading in true integer units (times
+// 8), plus (int8 dot - 2-bit dot) for the int8 words, in integers before the sum goes to float.
+// So no phantom 2-bit term of an int8 word ever enters the float sum, and the error stays
+// relative to the row's true terms (see the x86 kernel). The main loop keeps no branch for it.
+static __attribute__((noinline)) void mpq2_x16_neon_int8_pass(int nb, const block_mpq2x16 * xg, int qd, const mpq2_act * y,
+                                                               int nc, float32x4_t * acc, const mpq2_rp_neon_tabs * tabs) {
+    for (int ib = 0; ib < nb; ++ib) {
+        const block_mpq2x16 * xb = xg + ib;
+        const uint32x4_t hdr = vld1q_u32(xb->hdr + 4*qd);
+        const uint32x4_t has = vtstq_u32(hdr, vdupq_n_u32(15));   // lanes the main loop left out
+        if (vmaxvq_u32(has) == 0) {
+            continue;
+        }
+        int32x4_t   av[4];
+        float32x2_t dy[4];
+        for (int c = 0; c < nc; ++c) {
+            av[c] = vshrq_n_s32(vld1q_s32(y[c].ahi + 4*ib), 16);
+            dy[c] = vld1_f32(y[c].dy + 2*ib);
+        }
+        int32x4_t u[4][2];
+        mpq2_x16_neon_2bit(xb, hdr, qd, y, ib, nc, av, tabs, u);
+        for (int c = 0; c < nc; ++c) u[c][0] = vshlq_n_s32(u[c][0], 3), u[c][1] = vshlq_n_s32(u[c][1], 3);
+        for (int w = 0; w < MPQ2_WORDS; ++w) {
+            const uint32x4_t kw = vtstq_u32(hdr, vdupq_n_u32(1u << w));
+            if (vmaxvq_u32(kw) == 0) {
+                continue;
+            }
+            const uint32x4_t q   = vld1q_u32(xb->qs[w] + 4*qd);
+            const uint8x16_t idx = mpq2_rp_neon_index(hdr, w);
+            const int32x4_t  m2  = vreinterpretq_s32_u8(vqtbl2q_u8(tabs->m2, idx));
+            const int32x4_t  zm  = vreinterpretq_s32_u8(vqtbl2q_u8(tabs->zm, idx));
+            int8x16_t cs[4], bk[4];
+            mpq2_rp_neon_codes(q, cs);
+            static const uint8_t bcast[16] = { 0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12 };
+            for (int k = 0; k < 4; ++k) {   // byte k of each lane's word (the mean of weights 4k..4k+3) in all 4 bytes
+                bk[k] = vreinterpretq_s8_u8(vqtbl1q_u8(vreinterpretq_u8_u32(q), vaddq_u8(vld1q_u8(bcast), vdupq_n_u8((uint8_t) k))));
+            }
+            for (int c = 0; c < nc; ++c) {
+                const int8x16_t a  = vld1q_s8(y[c].q[2*ib + w/2].qs + (w & 1)*MPQ2_GROUP);
+                const int32x4_t S  = mpq2_rp_dot4(vdupq_n_s32(0), cs, a);
+                const int32x4_t fast = vshlq_n_s32(vmlsq_n_s32(vmulq_s32(S, m2), zm, y[c].ahi[4*ib + w] >> 16), 3);
+                int32x4_t p = vdupq_n_s32(0);
+                p = mpq2_rp_dot1_exact(p, bk[0], a, 0);
+                p = mpq2_rp_dot1_exact(p, bk[1], a, 1);
+                p = mpq2_rp_dot1_exact(p, bk[2], a, 2);
+                p = mpq2_rp_dot1_exact(p, bk[3], a, 3);
+                const int32x4_t diff = vandq_s32(vsubq_s32(vmulq_s32(p, vshrq_n_s32(m2, 1)), fast), vreinterpretq_s32_u32(kw));
+                u[c][w/2] = vaddq_s32(u[c][w/2], diff);
+            }
         }
         for (int c = 0; c < nc; ++c) {
-            const int8x16_t a  = vld1q_s8(y[c].q[2*ib + w/2].qs + (w & 1)*MPQ2_GROUP);
-            const int32x4_t S  = mpq2_rp_dot4(vdupq_n_s32(0), cs, a);
-            const int32x4_t fast = vshlq_n_s32(vmlsq_n_s32(vmulq_s32(S, m2), zm, y[c].ahi[4*ib + w] >> 16), 3);
-            int32x4_t p = vdupq_n_s32(0);
-            p = mpq2_rp_dot1_exact(p, bk[0], a, 0);
-            p = mpq2_rp_dot1_exact(p, bk[1], a, 1);
-            p = mpq2_rp_dot1_exact(p, bk[2], a, 2);
-            p = mpq2_rp_dot1_exact(p, bk[3], a, 3);
-            const int32x4_t diff = vandq_s32(vsubq_s32(vmulq_s32(p, vshrq_n_s32(m2, 1)), fast), vreinterpretq_s32_u32(kw));
-            d[c][w/2] = vaddq_s32(d[c][w/2], diff);
+            u[c][0] = vandq_s32(u[c][0], vreinterpretq_s32_u32(has));
+            u[c][1] = vandq_s32(u[c][1], vreinterpretq_s32_u32(has));
         }
+        mpq2_x16_neon_acc(vmulq_n_f32(mpq2_rp_neon_dx8(hdr), 0.125f), dy, nc, u, acc);
     }
 }
 
@@ -162,6 +222,7 @@ MPQ2_RP_INLINE void mpq2_x16_neon_tile(int nb, float * s, size_t bs, const block
     float32x4_t acc[4][4];
     for (int qd = 0; qd < NQ; ++qd)
         for (int c = 0; c < NC; ++c) acc[qd][c] = vdupq_n_f32(0.0f);
+    uint32x4_t any = vdupq_n_u32(0);
     for (int ib = 0; ib < nb; ++ib) {
         const block_mpq2x16 * xb = xg + ib;
         int32x4_t   av[4];   // the 4 words' activation sums A of each column
@@ -172,44 +233,18 @@ MPQ2_RP_INLINE void mpq2_x16_neon_tile(int nb, float * s, size_t bs, const block
         }
         for (int qd = 0; qd < NQ; ++qd) {
             const uint32x4_t hdr = vld1q_u32(xb->hdr + 4*(q0 + qd));
+            any = vorrq_u32(any, hdr);
+            // lanes whose block has an int8 word are left to the second pass: their block scale
+            // is masked to +0, so the 2-bit reading of their int8 words adds exactly 0
+            const uint32x4_t keep = vceqq_u32(vandq_u32(hdr, vdupq_n_u32(15)), vdupq_n_u32(0));
             int32x4_t u[4][2];
-            for (int c = 0; c < NC; ++c) u[c][0] = u[c][1] = vdupq_n_s32(0);
-            for (int w = 0; w < MPQ2_WORDS; ++w) {
-                const uint32x4_t q   = vld1q_u32(xb->qs[w] + 4*(q0 + qd));
-                const uint8x16_t idx = mpq2_rp_neon_index(hdr, w);
-                const int32x4_t  m2  = vreinterpretq_s32_u8(vqtbl2q_u8(tabs->m2, idx));
-                const int32x4_t  zm  = vreinterpretq_s32_u8(vqtbl2q_u8(tabs->zm, idx));
-                int8x16_t cs[4];
-                mpq2_rp_neon_codes(q, cs);
-                for (int c = 0; c < NC; ++c) {
-                    const int8x16_t a = vld1q_s8(y[c].q[2*ib + w/2].qs + (w & 1)*MPQ2_GROUP);
-                    const int32x4_t S = mpq2_rp_dot4(vdupq_n_s32(0), cs, a);
-                    int32x4_t t = vmlaq_s32(u[c][w/2], S, m2);
-                    switch (w) {
-                        case 0:  t = vmlsq_laneq_s32(t, zm, av[c], 0); break;
-                        case 1:  t = vmlsq_laneq_s32(t, zm, av[c], 1); break;
-                        case 2:  t = vmlsq_laneq_s32(t, zm, av[c], 2); break;
-                        default: t = vmlsq_laneq_s32(t, zm, av[c], 3); break;
-                    }
-                    u[c][w/2] = t;
-                }
-            }
-            float32x4_t dx8 = mpq2_rp_neon_dx8(hdr);
-            if (__builtin_expect(vmaxvq_u32(vandq_u32(hdr, vdupq_n_u32(15))) != 0, 0)) {
-                int32x4_t d[4][2];
-                mpq2_x16_neon_int8_diff(xb, hdr, q0 + qd, y, ib, NC, tabs, d);
-                for (int c = 0; c < NC; ++c) {   // to true units (times 8), and d instead of 8 d
-                    u[c][0] = vaddq_s32(vshlq_n_s32(u[c][0], 3), d[c][0]);
-                    u[c][1] = vaddq_s32(vshlq_n_s32(u[c][1], 3), d[c][1]);
-                }
-                dx8 = vmulq_n_f32(dx8, 0.125f);
-            }
-            for (int c = 0; c < NC; ++c) {
-                float32x4_t t = vmulq_lane_f32(vcvtq_f32_s32(u[c][0]), dy[c], 0);
-                t = vfmaq_lane_f32(t, vcvtq_f32_s32(u[c][1]), dy[c], 1);
-                acc[qd][c] = vfmaq_f32(acc[qd][c], t, dx8);
-            }
+            mpq2_x16_neon_2bit(xb, hdr, q0 + qd, y, ib, NC, av, tabs, u);
+            const float32x4_t dx8 = vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(mpq2_rp_neon_dx8(hdr)), keep));
+            mpq2_x16_neon_acc(dx8, dy, NC, u, acc[qd]);
         }
+    }
+    if (__builtin_expect(vmaxvq_u32(vandq_u32(any, vdupq_n_u32(15))) != 0, 0)) {
+        for (int qd = 0; qd < NQ; ++qd) mpq2_x16_neon_int8_pass(nb, xg, q0 + qd, y, NC, acc[qd], tabs);
     }
     for (int qd = 0; qd < NQ; ++qd)
         for (int c = 0; c < NC; ++c) vst1q_f32(s + c*bs + 4*(q0 + qd), acc[qd][c]);

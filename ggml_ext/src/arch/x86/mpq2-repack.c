@@ -80,30 +80,56 @@ MPQ2_RP_INLINE __m512 mpq2_rp_dx(__m512i hdr) {
         _mm512_and_si512(_mm512_srli_epi32(hdr, 3), _mm512_set1_epi32(0x1FE00000)), _mm512_set1_epi32(87 << 23)));
 }
 
-// Half h of block ib: (int8 dot - 2-bit dot) of words 2h, 2h+1 for the lanes whose word holds
-// int8 means, 0 elsewhere, per column. The main loop reads every word as 2-bit; this integer
-// correction, added before the block's conversion to float, makes the block's sum exact, so
-// the kernel's error is relative to the row's true terms, as the row-wise kernels'. Out of line
-// (int8 words are about 0.01% of converted words) so that the main loop keeps its registers
-// for 8 columns.
-static __attribute__((noinline)) void mpq2_x16_int8_diff(const block_mpq2x16 * xb, __m512i hdr, const mpq2_act * y, int ib,
-                                                         int h, int nc, __m512i pt0, __m512i pt1, __m512i mt, __m512i * d) {
-    for (int c = 0; c < nc; ++c) d[c] = _mm512_setzero_si512();
+// Half h of block ib: the words' exact integer dot products of each lane for nc columns, int8
+// words read as 2-bit codes (the main loop's reading, correct for 2-bit words).
+MPQ2_RP_INLINE void mpq2_x16_half_2bit(const block_mpq2x16 * xb, __m512i hdr, const mpq2_act * y, int ib, int h,
+                                       const int nc, __m512i pt0, __m512i pt1, __m512i * u) {
+    for (int c = 0; c < nc; ++c) u[c] = _mm512_setzero_si512();
     for (int w = 2*h; w < 2*h + 2; ++w) {
-        const __mmask16 kw = _mm512_test_epi32_mask(hdr, _mm512_set1_epi32(1 << w));
-        if (!kw) {
-            continue;
-        }
         const __m512i q    = _mm512_loadu_si512(xb->qs[w]);
         const __m512i ix   = _mm512_srli_epi32(hdr, (unsigned) MPQ2_RP_WORD_SHIFT(w));
-        const __m512i pair = _mm512_permutex2var_epi32(pt0, ix, pt1);
-        const __m512i m    = _mm512_permutexvar_epi32(ix, mt);   // index bits 0..3: code and one ignored bit
+        const __m512i pair = _mm512_permutex2var_epi32(pt0, ix, pt1);   // reads index bits 0..4
         __m512i cs[4];
         for (int k = 0; k < 4; ++k) cs[k] = mpq2_rp_codes(q, k);
-        for (int c = 0; c < nc; ++c) {
-            const __m512i fast = _mm512_madd_epi16(mpq2_rp_pair_sums(cs, &y[c], ib, w), pair);
-            d[c] = _mm512_mask_add_epi32(d[c], kw, d[c], _mm512_sub_epi32(mpq2_rp_int8_word(q, m, &y[c], ib, w), fast));
+        for (int c = 0; c < nc; ++c) u[c] = MPQ2_RP_MADD_ACC(u[c], mpq2_rp_pair_sums(cs, &y[c], ib, w), pair);
+    }
+}
+
+// acc[c] += half h's integer sums u[c] times d * d_q8.
+MPQ2_RP_INLINE void mpq2_x16_half_acc(__m512 dx, const mpq2_act * y, int ib, int h, const int nc, const __m512i * u,
+                                      __m512 * acc) {
+    for (int c = 0; c < nc; ++c)
+        acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(u[c]), _mm512_mul_ps(dx, _mm512_set1_ps(y[c].dy[2*ib + h])), acc[c]);
+}
+
+// Block ib when it has int8 words (about 0.01% of converted words): the main loop's 2-bit
+// reading, plus (int8 dot - 2-bit dot) for the lanes whose word holds int8 means, in integers
+// before the block's sum goes to float, so the error stays relative to the row's true terms.
+// Out of line, and a whole block, so that the main loop stays as it is without int8 words
+// (a branch per half block in it cost 20% at one column).
+static __attribute__((noinline)) void mpq2_x16_block_int8(const block_mpq2x16 * xb, __m512i hdr, const mpq2_act * y, int ib,
+                                                          int nc, __m512i pt0, __m512i pt1, __m512i mt, __m512 * acc) {
+    const __m512 dx = mpq2_rp_dx(hdr);
+    for (int h = 0; h < 2; ++h) {
+        __m512i u[8];
+        mpq2_x16_half_2bit(xb, hdr, y, ib, h, nc, pt0, pt1, u);
+        for (int w = 2*h; w < 2*h + 2; ++w) {
+            const __mmask16 kw = _mm512_test_epi32_mask(hdr, _mm512_set1_epi32(1 << w));
+            if (!kw) {
+                continue;
+            }
+            const __m512i q    = _mm512_loadu_si512(xb->qs[w]);
+            const __m512i ix   = _mm512_srli_epi32(hdr, (unsigned) MPQ2_RP_WORD_SHIFT(w));
+            const __m512i pair = _mm512_permutex2var_epi32(pt0, ix, pt1);
+            const __m512i m    = _mm512_permutexvar_epi32(ix, mt);   // index bits 0..3: code and one ignored bit
+            __m512i cs[4];
+            for (int k = 0; k < 4; ++k) cs[k] = mpq2_rp_codes(q, k);
+            for (int c = 0; c < nc; ++c) {
+                const __m512i fast = _mm512_madd_epi16(mpq2_rp_pair_sums(cs, &y[c], ib, w), pair);
+                u[c] = _mm512_mask_add_epi32(u[c], kw, u[c], _mm512_sub_epi32(mpq2_rp_int8_word(q, m, &y[c], ib, w), fast));
+            }
         }
+        mpq2_x16_half_acc(dx, y, ib, h, nc, u, acc);
     }
 }
 
@@ -115,26 +141,18 @@ MPQ2_RP_INLINE void mpq2_x16_group(int nb, float * s, size_t bs, const block_mpq
     for (int ib = 0; ib < nb; ++ib) {
         const block_mpq2x16 * xb = xg + ib;
         const __m512i hdr = _mm512_loadu_si512(xb->hdr);
+        if (__builtin_expect(_mm512_test_epi32_mask(hdr, _mm512_set1_epi32(15)) != 0, 0)) {
+            __m512 io[8];   // acc through memory on this path only
+            for (int c = 0; c < nc; ++c) io[c] = acc[c];
+            mpq2_x16_block_int8(xb, hdr, y, ib, nc, pt0, pt1, mt, io);
+            for (int c = 0; c < nc; ++c) acc[c] = io[c];
+            continue;
+        }
         const __m512 dx = mpq2_rp_dx(hdr);
-        const int salient = _mm512_test_epi32_mask(hdr, _mm512_set1_epi32(15)) != 0;
         for (int h = 0; h < 2; ++h) {
             __m512i u[8];
-            for (int c = 0; c < nc; ++c) u[c] = _mm512_setzero_si512();
-            for (int w = 2*h; w < 2*h + 2; ++w) {
-                const __m512i q    = _mm512_loadu_si512(xb->qs[w]);
-                const __m512i ix   = _mm512_srli_epi32(hdr, (unsigned) MPQ2_RP_WORD_SHIFT(w));
-                const __m512i pair = _mm512_permutex2var_epi32(pt0, ix, pt1);   // reads index bits 0..4
-                __m512i cs[4];
-                for (int k = 0; k < 4; ++k) cs[k] = mpq2_rp_codes(q, k);
-                for (int c = 0; c < nc; ++c) u[c] = MPQ2_RP_MADD_ACC(u[c], mpq2_rp_pair_sums(cs, &y[c], ib, w), pair);
-            }
-            if (__builtin_expect(salient, 0)) {
-                __m512i d[8];
-                mpq2_x16_int8_diff(xb, hdr, y, ib, h, nc, pt0, pt1, mt, d);
-                for (int c = 0; c < nc; ++c) u[c] = _mm512_add_epi32(u[c], d[c]);
-            }
-            for (int c = 0; c < nc; ++c)
-                acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(u[c]), _mm512_mul_ps(dx, _mm512_set1_ps(y[c].dy[2*ib + h])), acc[c]);
+            mpq2_x16_half_2bit(xb, hdr, y, ib, h, nc, pt0, pt1, u);
+            mpq2_x16_half_acc(dx, y, ib, h, nc, u, acc);
         }
     }
     for (int c = 0; c < nc; ++c) _mm512_storeu_ps(s + c*bs, acc[c]);
