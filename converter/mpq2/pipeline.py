@@ -342,33 +342,30 @@ def encode_output(inp: ModelInput, skel, plan: Plan, opts, prog: Progress, out: 
     """The output projection (GPTQ on the final normed hidden states), the final norm's gain
     tuned on its logits, then the untied token embedding (round to nearest, in row chunks)."""
     norm = skeleton.load_module(skel.model.norm, inp.source, "model.norm.", opts.device)
-    data = weight = None
-    tune = opts.tune_norms and opts.tune_output_norm
+    data = float_weight = None
     if plan.embd_first:
         decoded = read_back(run.part, out, plan.output)
     else:
-        weight = inp.source.get(plan.output.hf).to(opts.device)
-        g = new_gptq(weight, opts) if uses_gptq(plan.output) else None
+        float_weight = inp.source.get(plan.output.hf).to(opts.device)
+        g = new_gptq(float_weight, opts) if uses_gptq(plan.output) else None
         with torch.no_grad():
             for hs, _, _ in (prog.inputs if g else []):
                 g.add_batch(norm(hs))
-        data, decoded, row = encode_weight(plan.output, weight, g, opts, ROW_CHUNK)
+        data, decoded, row = encode_weight(plan.output, float_weight, g, opts, ROW_CHUNK)
         prog.rows.append(row)
         del g
-        if not tune:
-            weight = None
-    if tune:
+    if opts.tune_norms and opts.tune_output_norm:
         say(opts, "tuning the final norm's gain")
         # the float weight kept from the encoding, not read again: a 128k-vocabulary output
         # is 2 GB in float32, and a second read's copies made this stage the run's peak
-        float_weight = weight if weight is not None else inp.source.get(plan.output.hf).to(opts.device)
-        weight = None
+        if float_weight is None:
+            float_weight = inp.source.get(plan.output.hf).to(opts.device)
         float_norm = copy.deepcopy(norm)
         target = norms.float_logits_of(float_norm, float_weight, prog.finputs if prog.finputs is not None else prog.inputs)
         tuned = norms.tune_output(norm, decoded.to(opts.device), [hs for hs, _, _ in prog.inputs], target, opts.tune_norms)
         say(opts, f"final norm: {tuned.describe()}")
-        del float_weight, target
-    del decoded
+        del target
+    del decoded, float_weight
     out.write(*inp.layout.values("model.norm.weight", norm.weight))
     if data is not None:
         out.write(plan.output.name, data)

@@ -156,9 +156,9 @@ MPQ2_RP_INLINE void mpq2_x16_neon_acc(float32x4_t dxs, const float32x2_t * dy, c
 }
 
 // Second pass for rows 4*qd..4*qd+3 of a group, over the blocks with int8 words (about 0.01% of
-// converted words): the main loop left out every lane whose block has one (its sums masked to 0),
+// converted words): the main loop left out every lane whose block has one (block scale masked to +0),
 // and this pass adds those lanes' blocks whole: the 2-bit reading in true integer units (times
-// 8), plus (int8 dot - 2-bit dot) for the int8 words, in integers before the sum goes to float.
+// 8) or, where the bitmap says int8, the int8 reading, summed in integers before they go to float.
 // So no phantom 2-bit term of an int8 word ever enters the float sum, and the error stays
 // relative to the row's true terms (see the x86 kernel). The main loop keeps no branch for it.
 static __attribute__((noinline)) void mpq2_x16_neon_int8_pass(int nb, const block_mpq2x16 * xg, int qd, const mpq2_act * y,
@@ -170,20 +170,14 @@ static __attribute__((noinline)) void mpq2_x16_neon_int8_pass(int nb, const bloc
         if (vmaxvq_u32(has) == 0) {
             continue;
         }
-        int32x4_t   av[4];
         float32x2_t dy[4];
+        int32x4_t   u[4][2];
         for (int c = 0; c < nc; ++c) {
-            av[c] = vshrq_n_s32(vld1q_s32(y[c].ahi + 4*ib), 16);
             dy[c] = vld1_f32(y[c].dy + 2*ib);
+            u[c][0] = u[c][1] = vdupq_n_s32(0);
         }
-        int32x4_t u[4][2];
-        mpq2_x16_neon_2bit(xb, hdr, qd, y, ib, nc, av, tabs, u);
-        for (int c = 0; c < nc; ++c) u[c][0] = vshlq_n_s32(u[c][0], 3), u[c][1] = vshlq_n_s32(u[c][1], 3);
         for (int w = 0; w < MPQ2_WORDS; ++w) {
-            const uint32x4_t kw = vtstq_u32(hdr, vdupq_n_u32(1u << w));
-            if (vmaxvq_u32(kw) == 0) {
-                continue;
-            }
+            const uint32x4_t kw  = vtstq_u32(hdr, vdupq_n_u32(1u << w));
             const uint32x4_t q   = vld1q_u32(xb->qs[w] + 4*qd);
             const uint8x16_t idx = mpq2_rp_neon_index(hdr, w);
             const int32x4_t  m2  = vreinterpretq_s32_u8(vqtbl2q_u8(tabs->m2, idx));
@@ -194,17 +188,16 @@ static __attribute__((noinline)) void mpq2_x16_neon_int8_pass(int nb, const bloc
             for (int k = 0; k < 4; ++k) {   // byte k of each lane's word (the mean of weights 4k..4k+3) in all 4 bytes
                 bk[k] = vreinterpretq_s8_u8(vqtbl1q_u8(vreinterpretq_u8_u32(q), vaddq_u8(vld1q_u8(bcast), vdupq_n_u8((uint8_t) k))));
             }
-            for (int c = 0; c < nc; ++c) {
+            for (int c = 0; c < nc; ++c) {   // the word's exact dot per lane: int8 reading where kw, else 2-bit, times 8
                 const int8x16_t a  = vld1q_s8(y[c].q[2*ib + w/2].qs + (w & 1)*MPQ2_GROUP);
                 const int32x4_t S  = mpq2_rp_dot4(vdupq_n_s32(0), cs, a);
-                const int32x4_t fast = vshlq_n_s32(vmlsq_n_s32(vmulq_s32(S, m2), zm, y[c].ahi[4*ib + w] >> 16), 3);
+                const int32x4_t t2 = vmlsq_n_s32(vmulq_s32(S, m2), zm, y[c].ahi[4*ib + w] >> 16);   // m (16 S - z A) / 8
                 int32x4_t p = vdupq_n_s32(0);
                 p = mpq2_rp_dot1_exact(p, bk[0], a, 0);
                 p = mpq2_rp_dot1_exact(p, bk[1], a, 1);
                 p = mpq2_rp_dot1_exact(p, bk[2], a, 2);
                 p = mpq2_rp_dot1_exact(p, bk[3], a, 3);
-                const int32x4_t diff = vandq_s32(vsubq_s32(vmulq_s32(p, vshrq_n_s32(m2, 1)), fast), vreinterpretq_s32_u32(kw));
-                u[c][w/2] = vaddq_s32(u[c][w/2], diff);
+                u[c][w/2] = vaddq_s32(u[c][w/2], vbslq_s32(kw, vmulq_s32(p, vshrq_n_s32(m2, 1)), vshlq_n_s32(t2, 3)));
             }
         }
         for (int c = 0; c < nc; ++c) {

@@ -102,22 +102,19 @@ MPQ2_RP_INLINE void mpq2_x16_half_acc(__m512 dx, const mpq2_act * y, int ib, int
         acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(u[c]), _mm512_mul_ps(dx, _mm512_set1_ps(y[c].dy[2*ib + h])), acc[c]);
 }
 
-// Block ib when it has int8 words (about 0.01% of converted words): the main loop's 2-bit
-// reading, plus (int8 dot - 2-bit dot) for the lanes whose word holds int8 means, in integers
-// before the block's sum goes to float, so the error stays relative to the row's true terms.
-// Out of line, and a whole block, so that the main loop stays as it is without int8 words
-// (a branch per half block in it cost 20% at one column).
+// Block ib when it has int8 words (about 0.01% of converted words): each word's exact integer
+// dot product per lane, the int8 reading (sign trick) where the bitmap says int8 and the 2-bit
+// one elsewhere, summed in integers before the block's sum goes to float, so the error stays
+// relative to the row's true terms. Out of line, and a whole block, so that the main loop stays
+// as it is without int8 words (a branch per half block in it cost 20% at one column).
 static __attribute__((noinline)) void mpq2_x16_block_int8(const block_mpq2x16 * xb, __m512i hdr, const mpq2_act * y, int ib,
                                                           int nc, __m512i pt0, __m512i pt1, __m512i mt, __m512 * acc) {
     const __m512 dx = mpq2_rp_dx(hdr);
     for (int h = 0; h < 2; ++h) {
         __m512i u[8];
-        mpq2_x16_half_2bit(xb, hdr, y, ib, h, nc, pt0, pt1, u);
+        for (int c = 0; c < nc; ++c) u[c] = _mm512_setzero_si512();
         for (int w = 2*h; w < 2*h + 2; ++w) {
             const __mmask16 kw = _mm512_test_epi32_mask(hdr, _mm512_set1_epi32(1 << w));
-            if (!kw) {
-                continue;
-            }
             const __m512i q    = _mm512_loadu_si512(xb->qs[w]);
             const __m512i ix   = _mm512_srli_epi32(hdr, (unsigned) MPQ2_RP_WORD_SHIFT(w));
             const __m512i pair = _mm512_permutex2var_epi32(pt0, ix, pt1);
@@ -125,8 +122,9 @@ static __attribute__((noinline)) void mpq2_x16_block_int8(const block_mpq2x16 * 
             __m512i cs[4];
             for (int k = 0; k < 4; ++k) cs[k] = mpq2_rp_codes(q, k);
             for (int c = 0; c < nc; ++c) {
-                const __m512i fast = _mm512_madd_epi16(mpq2_rp_pair_sums(cs, &y[c], ib, w), pair);
-                u[c] = _mm512_mask_add_epi32(u[c], kw, u[c], _mm512_sub_epi32(mpq2_rp_int8_word(q, m, &y[c], ib, w), fast));
+                __m512i t = _mm512_madd_epi16(mpq2_rp_pair_sums(cs, &y[c], ib, w), pair);
+                if (kw) t = _mm512_mask_mov_epi32(t, kw, mpq2_rp_int8_word(q, m, &y[c], ib, w));
+                u[c] = _mm512_add_epi32(u[c], t);
             }
         }
         mpq2_x16_half_acc(dx, y, ib, h, nc, u, acc);
