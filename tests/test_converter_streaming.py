@@ -197,3 +197,72 @@ def test_peak_memory_does_not_grow_with_the_number_of_layers(tmp_path):
     print(f"peak RSS: 2 layers {p2:.0f} MB, 12 layers {p12:.0f} MB; 10 layers of float32 weights = {10 * per_layer_mb:.0f} MB")
     assert p12 - p2 < 60, (p2, p12)
     assert 10 * per_layer_mb > 150        # the test can tell: holding the model would fail it
+
+
+def test_report_gives_the_time_of_every_stage(models, tmp_path):
+    """--report's stage_seconds: every stage the run went through, nested ones inside their
+    stage (the Hessians inside the blocks), the blocks' sum at most the blocks' stage."""
+    out = tmp_path / "o.gguf"
+    proc = convert(models["one"], "-o", out, *FAST, "--report", tmp_path / "r.json")
+    rep = json.loads((tmp_path / "r.json").read_text())
+    st = rep["stage_seconds"]
+    for name in ("open the model", "calibrate", "blocks", "hessians", "encode (GPTQ or round to nearest)",
+                 "block forwards", "output"):
+        assert st.get(name, 0) > 0, (name, st)
+    assert st["hessians"] < st["blocks"] < rep["wall_seconds"]
+    assert sum(b["seconds"] for b in rep["blocks"]) <= st["blocks"] * 1.01
+    assert "time by stage" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def tied(tmp_path_factory):
+    """A tied embedding (the float pass runs first) with three blocks."""
+    return tiny_llama.build(tmp_path_factory.mktemp("tied") / "m", layers=3, tied=True, steps=30)
+
+
+def _convert_in_process(model: Path, out: Path, *extra: str):
+    from mpq2 import pipeline
+    from mpq2.convert import options, parse_args
+    return pipeline.convert(options(parse_args([str(model), "-o", str(out), *FAST, *extra])))
+
+
+def test_float_pass_outputs_read_back_give_the_same_bytes(tied, tmp_path, monkeypatch):
+    """The float pass keeps each block's float output for the blocks (no second float forward
+    of any block); the file equals one whose blocks compute them again."""
+    from mpq2 import capture, pipeline
+    calls = []
+    real = capture.run_block
+    monkeypatch.setattr(capture, "run_block", lambda *a: calls.append(1) or real(*a))
+    _convert_in_process(tied, tmp_path / "spooled.gguf")
+    spooled_calls = len(calls)
+    calls.clear()
+    monkeypatch.setattr(pipeline, "spool_fits", lambda *a: False)
+    _convert_in_process(tied, tmp_path / "again.gguf")
+    assert (tmp_path / "spooled.gguf").read_bytes() == (tmp_path / "again.gguf").read_bytes()
+    assert len(calls) - spooled_calls == 3, (len(calls), spooled_calls)     # one float forward per block saved
+    assert not list(tmp_path.glob("*.mpq2-resume"))
+
+
+def test_resume_with_a_tied_embedding_is_byte_identical(tied, tmp_path, monkeypatch):
+    """Stopped in the second block, after the float pass: its spooled outputs are in the run's
+    state, and the resumed file equals an uninterrupted one."""
+    from mpq2 import pipeline
+    ref = tmp_path / "ref.gguf"
+    _convert_in_process(tied, ref)
+    real = pipeline.quantize_block
+
+    def stop_at_block_1(i, *a):
+        if i == 1:
+            raise KeyboardInterrupt
+        return real(i, *a)
+
+    out = tmp_path / "o.gguf"
+    monkeypatch.setattr(pipeline, "quantize_block", stop_at_block_1)
+    with pytest.raises(KeyboardInterrupt):
+        _convert_in_process(tied, out)
+    state = tmp_path / "o.gguf.mpq2-resume"
+    assert sorted(p.name for p in state.glob("float-*.pt")) == ["float-1.pt", "float-2.pt"]
+    monkeypatch.setattr(pipeline, "quantize_block", real)
+    _convert_in_process(tied, out, "--resume")
+    assert out.read_bytes() == ref.read_bytes()
+    assert not state.exists()

@@ -7,6 +7,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from .timing import clock
+
 
 class _Stop(Exception):
     pass
@@ -75,6 +77,7 @@ def batches(inputs: list[tuple]):
 
 
 @torch.no_grad()
+@clock("block forwards")
 def run_block(block: nn.Module, inputs: list[tuple]) -> list[tuple]:
     outs = []
     for hs, args, kwargs, n in batches(inputs):

@@ -199,6 +199,8 @@ def print_summary(result: Result, seconds: float, out: Path) -> None:
         total = sum(float(r.predicted) for r in rows if r.predicted != "-")
         print(f"predicted KL from the float model, summed over the weights: {total:.4f} nats per token "
               f"(round-to-nearest errors; GPTQ and the norm tuning bring the real one lower)")
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in result.stage_seconds.items() if v >= 0.5)
+    print(f"time by stage (inclusive: a block holds its Hessians, encodes and tuning): {stages}")
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) in {seconds:.0f} s, peak RSS {peak_rss_mb():.0f} MB")
 
 
@@ -210,6 +212,7 @@ def write_report(path: Path, result: Result, seconds: float, args) -> None:
     path.write_text(json.dumps({
         "wall_seconds": seconds, "peak_rss_mb": peak_rss_mb(), "device": str(args.device),
         "blocks": [{"index": i, "seconds": s} for i, s in enumerate(result.block_seconds)],
+        "stage_seconds": result.stage_seconds,
         "notes": result.notes,
         "tensors": [vars(r) for r in result.rows]}, indent=1))
 

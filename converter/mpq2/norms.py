@@ -22,6 +22,7 @@ import math
 import torch
 
 from . import capture
+from .timing import clock
 
 
 def default_held_out(n: int) -> int:
@@ -93,6 +94,7 @@ def block_norms(block: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
             and m.weight.dim() == 1}
 
 
+@clock("norm tuning")
 def tune(block: torch.nn.Module, inputs: list[tuple], targets: list[tuple], steps: int,
          lr: float = 1e-3, held_out: int | None = None) -> TuneResult:
     """Tunes the block's norm gains in place, by Adam on the mean squared error between the
@@ -123,6 +125,7 @@ def tune(block: torch.nn.Module, inputs: list[tuple], targets: list[tuple], step
     return _descend(norms, list(block.parameters()), loss, len(inputs), steps, lr, held_out)
 
 
+@clock("final norm tuning")
 def tune_output(norm: torch.nn.Module, weight: torch.Tensor, hidden: list[torch.Tensor],
                 target_logits, steps: int, lr: float = 1e-3, chunk: int = 128,
                 held_out: int | None = None) -> TuneResult:

@@ -5,7 +5,7 @@
     [bit budget]     with --bpw: sensitivities measured, the types allocated (budget.py)
     open the output  the GGUF header written first (or a stopped run's output reopened)
     calibrate        token sequences -> what the first block receives
-    [tied embedding] with --embd-first: a float pass, then GPTQ of the tied matrix
+    [tied embedding] with --embd-first: a float pass (its block outputs kept for the blocks), then GPTQ of the tied matrix
     each block       Hessians, GPTQ per linear layer, norm tuning, written, checkpointed
     the output       GPTQ of the output projection, the final norm's tuning, the embedding
     finish           the output renamed into place, the run's state removed
@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import budget, calibration, capture, gguf_out, norms, qtypes, resume, skeleton
+from . import budget, calibration, capture, gguf_out, norms, qtypes, resume, skeleton, timing
 from .errors import ConvertError
 from .format import BITS_PER_WEIGHT, FTYPE, FTYPE_R
 from .gguf_out import OUR_TYPES
@@ -31,6 +32,7 @@ from .gguf_stream import GGUFStream
 from .gptq import MPQ2GPTQ
 from .plan import Plan, Weight, make_plan, qtype_of, retype
 from .source import GGUFSource, SafetensorsSource, Source
+from .timing import clock
 
 SUPPORTED = {
     "LlamaForCausalLM": "Llama, SmolLM, TinyLlama, ...",
@@ -96,6 +98,7 @@ class Result:
     rows: list[Row]
     block_seconds: list[float]
     notes: list[str]
+    stage_seconds: dict[str, float]     # this run's, inclusive (timing.py); a resumed run's from its resume
 
 
 def say(opts, *msg) -> None:
@@ -106,6 +109,7 @@ def say(opts, *msg) -> None:
 # ---------------------------------------------------------------- the top level
 
 def convert(opts) -> Result:
+    timing.reset()
     inp = open_model(opts.model)
     skel = skeleton.build(inp.config)
     plan = make_plan(inp, skel, opts)
@@ -120,10 +124,10 @@ def convert(opts) -> Result:
         prog = restore(run, saved, opts) if saved else calibrate(inp, skel, opts)
         skeleton.place_rotary(skel, opts.device)
         if plan.embd_first and not prog.embd_done:
-            encode_tied_embedding(inp, skel, plan, opts, prog, out)
+            encode_tied_embedding(inp, skel, plan, opts, prog, out, run)
             run.checkpoint(out, prog.stage(), prog.tensors())
         for i in blocks_bar(opts, prog.next_block, plan.n_blocks):
-            quantize_block(i, inp, skel, plan, opts, prog, out)
+            quantize_block(i, inp, skel, plan, opts, prog, out, run)
             run.checkpoint(out, prog.stage(), prog.tensors())
         encode_output(inp, skel, plan, opts, prog, out, run)
         report_norms(opts, prog)
@@ -138,11 +142,12 @@ def convert(opts) -> Result:
     finally:
         if "out" in locals():
             out.close()
-    return Result(prog.rows, prog.block_seconds, plan.notes)
+    return Result(prog.rows, prog.block_seconds, plan.notes, dict(timing.SECONDS))
 
 
 # ---------------------------------------------------------------- stages
 
+@clock("open the model")
 def open_model(path: Path) -> ModelInput:
     """Config, tokenizer and lazy weights; nothing of the weights is read yet."""
     from transformers import AutoConfig, AutoTokenizer
@@ -183,6 +188,7 @@ def _input_kind(path: Path) -> str:
     return "gguf"
 
 
+@clock("bit budget")
 def allocate_types(run, saved, inp: ModelInput, skel, plan: Plan, opts) -> None:
     """--bpw: the types from the measured sensitivities (a resumed run reuses its own), kept in
     every checkpoint; the plan's types and the summary's predicted costs follow them."""
@@ -196,6 +202,7 @@ def allocate_types(run, saved, inp: ModelInput, skel, plan: Plan, opts) -> None:
     opts.predicted = predicted
 
 
+@clock("open the output")
 def open_output(run, inp: ModelInput, plan: Plan, opts, saved) -> GGUFStream:
     """A fresh run writes the header now; a resumed one reopens its part file where it stopped."""
     if saved:
@@ -212,6 +219,7 @@ def open_output(run, inp: ModelInput, plan: Plan, opts, saved) -> GGUFStream:
     return stream
 
 
+@clock("calibrate")
 def calibrate(inp: ModelInput, skel, opts) -> Progress:
     """Calibration sequences, and what the first block receives from the float embedding."""
     seqs = calibration.calibration_batch(inp.tokenizer, opts.calib_file, opts.nsamples, opts.seqlen, opts.seed)
@@ -223,6 +231,7 @@ def calibrate(inp: ModelInput, skel, opts) -> Progress:
     return Progress(seqs, inputs, finputs)
 
 
+@clock("calibrate")
 def restore(run, saved: dict, opts) -> Progress:
     acts = run.activations(opts.device)
     say(opts, f"resuming after {saved['next_block']} blocks")
@@ -230,15 +239,21 @@ def restore(run, saved: dict, opts) -> Progress:
                     [Row(**r) for r in saved["rows"]], saved["norm_ratios"], saved["norm_kept"], saved["block_seconds"])
 
 
-def encode_tied_embedding(inp: ModelInput, skel, plan: Plan, opts, prog: Progress, out: GGUFStream) -> None:
+@clock("tied embedding")
+def encode_tied_embedding(inp: ModelInput, skel, plan: Plan, opts, prog: Progress, out: GGUFStream, run) -> None:
     """--embd-first: GPTQ of the tied embedding/output on the float model's final hidden states,
-    so the blocks are then calibrated on its error as an input embedding."""
+    so the blocks are then calibrated on its error as an input embedding. The float pass keeps
+    every block's output on disk where the blocks will need it (the norm tuning's targets), so
+    no block runs twice in float."""
     say(opts, "float pass for the tied embedding/output")
     h = prog.finputs if prog.finputs is not None else prog.inputs
+    spool = prog.finputs is not None and spool_fits(run, h, plan.n_blocks, opts)
     for i in blocks_bar(opts, 0, plan.n_blocks, "float pass"):
         block = skeleton.load_block(skel, i, inp.source, opts.device)
         h = capture.run_block(block, h)
         skeleton.release(block)
+        if spool:
+            run.spool_float(i, [hs for hs, _, _ in h])
     norm = skeleton.load_module(skel.model.norm, inp.source, "model.norm.", opts.device)
     weight = inp.source.get(plan.output.hf).to(opts.device)
     g = new_gptq(weight, opts)
@@ -255,7 +270,20 @@ def encode_tied_embedding(inp: ModelInput, skel, plan: Plan, opts, prog: Progres
     prog.embd_done = True
 
 
-def quantize_block(i: int, inp: ModelInput, skel, plan: Plan, opts, prog: Progress, out: GGUFStream) -> None:
+def spool_fits(run, hidden: list[tuple], n_blocks: int, opts) -> bool:
+    """Whether the float pass's outputs fit on the output's disk with room to spare (twice
+    their size); if not, the blocks compute them again, at the cost of one float forward each."""
+    need = n_blocks * sum(hs.numel() * hs.element_size() for hs, _, _ in hidden)
+    free = shutil.disk_usage(run.dir).free
+    if free > 2 * need:
+        return True
+    say(opts, f"{need / 1e9:.1f} GB of float hidden states would not fit beside the output "
+              f"({free / 1e9:.1f} GB free in {run.dir.parent}): each block runs again in float instead")
+    return False
+
+
+@clock("blocks")
+def quantize_block(i: int, inp: ModelInput, skel, plan: Plan, opts, prog: Progress, out: GGUFStream, run) -> None:
     """One block, as GPTQ: Hessians from the quantized model's inputs, each linear layer
     encoded, the norm gains tuned, the block's tensors written, its output the next inputs."""
     t0 = time.time()
@@ -264,7 +292,7 @@ def quantize_block(i: int, inp: ModelInput, skel, plan: Plan, opts, prog: Progre
     weights = plan.blocks[i]
     hessians = collect_hessians(block, prog.inputs, [m for m, w in weights.items() if uses_gptq(w)], opts)
     if prog.finputs is not None:          # the float block on the float trajectory, before it changes
-        prog.finputs = capture.run_block(block, prog.finputs)
+        prog.finputs = float_outputs(block, i, prog.finputs, run)
     targets = None
     if opts.tune_norms and hessians:
         targets = prog.finputs if prog.finputs is not None else capture.run_block(block, prog.inputs)
@@ -291,6 +319,16 @@ def quantize_block(i: int, inp: ModelInput, skel, plan: Plan, opts, prog: Progre
     prog.block_seconds.append(time.time() - t0)
 
 
+def float_outputs(block, i: int, finputs: list[tuple], run) -> list[tuple]:
+    """The float block's outputs on the float model's trajectory: read back where the float
+    pass left them (the same values), else computed."""
+    spooled = run.spooled_float(i, finputs[0][0].device)
+    if spooled is None:
+        return capture.run_block(block, finputs)
+    return [(hs, a, kw) for hs, (_, a, kw) in zip(spooled, finputs)]
+
+
+@clock("hessians")
 def collect_hessians(block, inputs: list, names: list[str], opts) -> dict[str, MPQ2GPTQ]:
     """One Hessian per distinct layer input (q/k/v share one, gate/up another), for `names`."""
     if not names:
@@ -315,6 +353,7 @@ def new_gptq(weight: torch.Tensor, opts) -> MPQ2GPTQ:
     return MPQ2GPTQ(weight, device=opts.device)
 
 
+@clock("encode (GPTQ or round to nearest)")
 def encode_weight(w: Weight, weight: torch.Tensor, gptq: MPQ2GPTQ | None, opts,
                   row_chunk: int | None = None) -> tuple[np.ndarray, torch.Tensor, Row]:
     """A weight's bytes in GGUF row order, the values llama.cpp will decode them to (HF row
@@ -338,6 +377,7 @@ def encode_weight(w: Weight, weight: torch.Tensor, gptq: MPQ2GPTQ | None, opts,
     return (data if w.order is None else data[w.order]), decoded, row
 
 
+@clock("output")
 def encode_output(inp: ModelInput, skel, plan: Plan, opts, prog: Progress, out: GGUFStream, run) -> None:
     """The output projection (GPTQ on the final normed hidden states), the final norm's gain
     tuned on its logits, then the untied token embedding (round to nearest, in row chunks)."""
@@ -382,6 +422,7 @@ def predicted_cost(opts, name: str) -> str:
     return "-" if value is None else f"{value:.2e}"
 
 
+@clock("embedding rows")
 def encode_rows(source: Source, w: Weight, out: GGUFStream) -> None:
     """Round to nearest, ROW_CHUNK rows at a time (every type here encodes rows independently)."""
     rows = w.shape[0]

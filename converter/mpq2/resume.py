@@ -2,7 +2,8 @@
 
 OUT.mpq2-resume/ holds the output being written (output.gguf.part: header plus every tensor
 finished so far), state.json (the run's fingerprint, the stage reached, the summary rows) and
-the activations the next block needs (acts-N.pt). A checkpoint is taken after each stage: the
+the activations the next block needs (acts-N.pt), and with a tied embedding the float model's
+output of every block not yet quantized (float-N.pt, from the float pass). A checkpoint is taken after each stage: the
 part file is synced, the activations saved, then state.json replaced atomically, so a crash at
 any moment leaves the previous checkpoint intact. A finished run renames the part file onto
 OUT and removes the directory; so does a run stopped before its first checkpoint.
@@ -93,6 +94,20 @@ class RunState:
         if old and old != name:
             (self.dir / old).unlink(missing_ok=True)
         self.saved = state
+
+    # --- the float model's hidden states, written by a float pass for the blocks to read back
+
+    def spool_float(self, i: int, hidden: list[torch.Tensor]) -> None:
+        torch.save(hidden, self.dir / f"float-{i}.pt")
+
+    def spooled_float(self, i: int, device) -> list[torch.Tensor] | None:
+        """Block i's float outputs if a float pass left them (each is read once, then removed)."""
+        path = self.dir / f"float-{i}.pt"
+        if not path.is_file():
+            return None
+        hidden = torch.load(path, map_location=device, weights_only=True)
+        path.unlink()
+        return hidden
 
     # --- at the end
 
