@@ -304,3 +304,18 @@ def test_other_supported_architectures(tmp_path, arch):
         want = hf(torch.tensor([tokens])).logits[0].numpy()
     rel = np.abs(got - want) / want.std(axis=-1, keepdims=True)
     assert rel.mean() < 0.02 and rel.max() < 0.15, (rel.mean(), rel.max())
+
+
+def test_short_calibration_text_is_warned_about_even_when_quiet(tiny, tmp_path):
+    from mpq2.calibration import short_text_note
+    assert short_text_note(32768, 64, 512, None) is None
+    note = short_text_note(1000, 64, 512, None)
+    assert "sample text" in note and "1,000 tokens" in note and "32,768" in note and "--calib-file" in note
+    short = tmp_path / "short.txt"
+    short.write_text(tiny_llama.corpus(40, seed=3)[:300])     # about 60 tokens, fewer than 8 x 64
+    proc = convert(tiny["hf"], "-o", tmp_path / "o.gguf", "--calib-file", short, *FAST)
+    assert "warning: the calibration text" in proc.stderr and str(short) in proc.stderr, proc.stderr
+    long = tmp_path / "long.txt"
+    long.write_text(tiny_llama.corpus(3000, seed=3))
+    proc = convert(tiny["hf"], "-o", tmp_path / "o2.gguf", "--calib-file", long, *FAST)
+    assert "warning: the calibration text" not in proc.stderr, proc.stderr

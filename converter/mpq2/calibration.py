@@ -37,9 +37,23 @@ def sample_sequences(token_ids: list[int], n: int, length: int, seed: int, bos: 
     return seqs
 
 
-def calibration_batch(tokenizer, files: list[Path] | None, n: int, length: int, seed: int) -> torch.Tensor:
-    text = read_texts(files)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+def token_ids(tokenizer, files: list[Path] | None) -> list[int]:
+    ids = tokenizer(read_texts(files), add_special_tokens=False)["input_ids"]
     if len(ids) < 16:
         raise ValueError(f"calibration text gives only {len(ids)} tokens; give more text with --calib-file")
-    return sample_sequences(ids, n, length, seed, tokenizer.bos_token_id)
+    return ids
+
+
+def calibration_batch(tokenizer, files: list[Path] | None, n: int, length: int, seed: int) -> torch.Tensor:
+    return sample_sequences(token_ids(tokenizer, files), n, length, seed, tokenizer.bos_token_id)
+
+
+def short_text_note(have: int, n: int, length: int, files: list[Path] | None) -> str | None:
+    """Windows of a text shorter than n x length overlap: the Hessians then see the same few
+    tokens many times over, and GPTQ fits that text rather than the model's use."""
+    if have >= n * length:
+        return None
+    what = "the converter's short sample text" if not files else ", ".join(str(f) for f in files)
+    return (f"warning: the calibration text ({what}) holds {have:,} tokens, fewer than the {n} x {length} = "
+            f"{n * length:,} asked for, so the sequences overlap; for a better file give --calib-file a larger text "
+            f"of the kind the model will see (at least {n * length:,} tokens: about {n * length * 4 // 1000:,} KB of English)")

@@ -222,8 +222,11 @@ def open_output(run, inp: ModelInput, plan: Plan, opts, saved) -> GGUFStream:
 @clock("calibrate")
 def calibrate(inp: ModelInput, skel, opts) -> Progress:
     """Calibration sequences, and what the first block receives from the float embedding."""
-    seqs = calibration.calibration_batch(inp.tokenizer, opts.calib_file, opts.nsamples, opts.seqlen, opts.seed)
+    ids = calibration.token_ids(inp.tokenizer, opts.calib_file)
+    seqs = calibration.sample_sequences(ids, opts.nsamples, opts.seqlen, opts.seed, inp.tokenizer.bos_token_id)
     say(opts, f"calibration {seqs.shape[0]} x {seqs.shape[1]} tokens")
+    if short := calibration.short_text_note(len(ids), opts.nsamples, opts.seqlen, opts.calib_file):
+        print(f"convert_mpq: {short}", file=sys.stderr)     # even with --quiet: it changes the file's quality
     skeleton.place_rotary(skel, opts.device)
     embeds = skeleton.embed(lambda rows: inp.source.get("model.embed_tokens.weight", rows), seqs, ROW_CHUNK)
     inputs = capture.first_block_inputs(skel, embeds.to(opts.device))
