@@ -385,3 +385,22 @@ def test_beats_fit2_is_the_comparison_with_the_whole_fit():
     _, err8 = ct.fit8(x16, w16)
     for e in (err8, err2, err2 * 1.0000001, err2 * 0.9999999, torch.full_like(err2, float("nan"))):
         np.testing.assert_array_equal(ct.beats_fit2(x16, w16, e).numpy(), (e < err2).numpy())
+
+
+def test_output_error_of_a_tall_matrix_is_measured_on_spaced_rows(monkeypatch):
+    """Past ERROR_MAX_ROWS rows the reported error is measured on every k-th row: close to the
+    whole matrix's, the same whatever the row chunks, and the bytes untouched."""
+    from mpq2 import gptq
+    X, W = layer(rows=1100, cols=128, seed=3)
+    W[::7] *= 3.0                                    # rows that differ, so a biased sample would show
+    q = hessian(X, W)
+    whole = q.fasterquant(W, QuantConfig())
+    monkeypatch.setattr(gptq, "ERROR_MAX_ROWS", 256)
+    assert gptq.error_stride(1100) == 5
+    sampled = q.fasterquant(W, QuantConfig())
+    chunked = q.fasterquant(W, QuantConfig(), row_chunk=300)
+    assert np.array_equal(sampled.packed, whole.packed)
+    assert sampled.rel_output_error != whole.rel_output_error
+    assert sampled.rel_output_error == pytest.approx(whole.rel_output_error, rel=0.05)
+    assert chunked.rel_output_error == pytest.approx(sampled.rel_output_error, rel=1e-9)
+    assert whole.rel_output_error == pytest.approx(output_error(W, whole.weight, X), rel=0.02)

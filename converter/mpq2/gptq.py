@@ -26,6 +26,7 @@ from .format import GRID_STEP, GROUP, QK, SCALE_MULT, WORDS, ZERO2
 
 F = np.float32
 ERROR_ROWS = 8192      # rows per product of the output error, so its temporaries stay small
+ERROR_MAX_ROWS = 4096  # the reported output error of a taller matrix is measured on every k-th row
 
 
 @dataclass
@@ -47,7 +48,7 @@ class QuantResult:
     weight: torch.Tensor      # (rows, cols) float32 on the MPQ2GPTQ's device, exactly what the bytes decode to
     n_salient: int            # words stored as int8 means (the tensor's K)
     n_words: int
-    rel_output_error: float   # ||(W - W')X|| / ||WX|| over the calibration data
+    rel_output_error: float   # ||(W - W')X|| / ||WX|| over the calibration data (sampled rows past 4096: error_stride)
 
 
 def salience_scores(W: torch.Tensor, hinv_diag: torch.Tensor | None) -> torch.Tensor:
@@ -209,6 +210,7 @@ class MPQ2GPTQ:
         packed = np.empty((self.rows, _row_bytes(self.cols, cfg)), np.uint8)
         Q = torch.empty((self.rows, self.cols), dtype=torch.float32, device=self.device)
         num = den = 0.0
+        stride = error_stride(self.rows)
         for a, b in spans:
             W = prepared(a, b)
             if cfg.gate and cfg.grid == "mpq2":
@@ -216,8 +218,9 @@ class MPQ2GPTQ:
             q, packed[a:b] = self._quantize_rows(W, bitmap[a:b], importance, U, perm, cfg)
             del W
             Q[a:b] = ct.unrotate(q) if cfg.rotate else q
-            w = weight[a:b].to(self.device, torch.float32)
-            num += _quadratic(w - Q[a:b], self.H)
+            sample = slice(-a % stride, b - a, stride)       # rows r with r % stride == 0, whatever the spans
+            w = weight[a:b][sample].to(self.device, torch.float32)
+            num += _quadratic(w - Q[a:b][sample], self.H)
             den += _quadratic(w, self.H)
         rel = float(np.sqrt(num / den)) if den > 0 else 0.0
         return QuantResult(packed, Q, int(bitmap.sum()), bitmap.numel(), rel)
@@ -311,8 +314,9 @@ class MPQ2GPTQ:
             if perm is None:
                 for b in range(i1 // QK, i2 // QK):
                     params[b].release()
-            # the same product (shapes and layout) as GPTQ's reference: the same bits
-            Wp[:, i2:] -= Err1.T.contiguous() @ U[i1:i2, i2:]
+            # GPTQ's lazy update, in place (no rows x remaining-columns temporary): the product has
+            # the shapes and layout of the reference's, and the same bits (bench/gptq_speed.py checks)
+            Wp[:, i2:].addmm_(Err1.T.contiguous(), U[i1:i2, i2:], alpha=-1.0)
 
     @staticmethod
     def _pack(params: list[BlockParams], bitmap: torch.Tensor, CT: torch.Tensor) -> np.ndarray:
@@ -321,6 +325,13 @@ class MPQ2GPTQ:
         c2 = CT.T.cpu().numpy().reshape(bitmap.shape[0], -1, GROUP)
         return codec.pack(cpu([p.dcode for p in params]), cpu([p.scale_code for p in params]),
                           cpu([p.zero_code for p in params]), bitmap.cpu().numpy(), c8, c2)
+
+
+def error_stride(rows: int) -> int:
+    """Every how many rows the reported output error is measured: each row costs cols^2, as
+    much as GPTQ's own work on it, so a matrix of more than ERROR_MAX_ROWS rows (a 14336-row FFN,
+    a 128k-row output) is measured on evenly spaced rows, at most that many."""
+    return -(-rows // ERROR_MAX_ROWS)
 
 
 def _row_bytes(cols: int, cfg: QuantConfig) -> int:
