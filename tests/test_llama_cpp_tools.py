@@ -253,6 +253,7 @@ def test_our_sources_compile_without_fp_contraction():
     for name, cmds in ours.items():
         for cmd in cmds:       # one per ggml-cpu variant where there are several
             assert "-ffp-contract=off" in cmd.split(), (name, cmd)
+            assert "-fno-trapping-math" in cmd.split(), (name, cmd)     # the quantizer's vectorized searches
             flags = cmd.split()
             assert not any(f.startswith("-ffp-contract=") and f != "-ffp-contract=off"
                            for f in flags[flags.index("-ffp-contract=off"):]), (name, cmd)

@@ -7,9 +7,16 @@
 # wherever the target has one, and so does clang on AArch64; `#pragma GCC optimize` in the
 # sources covers GCC only, clang ignores it.
 
+#
+# -fno-trapping-math: the quantizer's searches (ggml-mpq2.c) work their candidates as arrays
+# with clamps written as comparisons; GCC vectorizes those loops only when it may assume that no
+# float operation traps (clang assumes so by default). It changes no value in the default
+# floating-point environment, and made llama-quantize's MPQ2 search 2.8x faster
+# (bench/quantize_speed.py).
+
 set(GGML_MPQ2_NO_FP_CONTRACT_FLAG "")
 if (CMAKE_C_COMPILER_ID MATCHES "GNU|Clang")       # Clang, AppleClang, IntelLLVM's clang too
-    set(GGML_MPQ2_NO_FP_CONTRACT_FLAG -ffp-contract=off)
+    set(GGML_MPQ2_NO_FP_CONTRACT_FLAG -ffp-contract=off -fno-trapping-math)
 endif()
 
 function(ggml_mpq2_sources target)
@@ -17,7 +24,7 @@ function(ggml_mpq2_sources target)
     if (GGML_MPQ2_NO_FP_CONTRACT_FLAG)
         # in the directory that created the target (ggml's functions create them in ggml/src)
         set_source_files_properties(${ARGN} TARGET_DIRECTORY ${target}
-                                    PROPERTIES COMPILE_OPTIONS ${GGML_MPQ2_NO_FP_CONTRACT_FLAG})
+                                    PROPERTIES COMPILE_OPTIONS "${GGML_MPQ2_NO_FP_CONTRACT_FLAG}")
     endif()
 endfunction()
 

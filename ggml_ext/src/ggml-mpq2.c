@@ -2,11 +2,12 @@
 //
 // converter/mpq2/codec.py mirrors this file operation by operation, so both produce the same
 // bytes: keep every float expression in float (no double), sums sequential, and no FMA
-// contraction. Rounding is nearbyintf (ties to even), as numpy's rint.
+// contraction. Rounding is to nearest, ties to even (mpq2_rint), as numpy's rint.
 // No contraction: the build passes -ffp-contract=off for this file (ggml_ext/cmake/ggml-mpq2.cmake,
 // tests/fuzz/build_fuzzer.py, tests/test_simd_harness.py); the pragmas cover a build that
 // forgets it, GCC's and clang's each (clang ignores the first, GCC warns on the second).
 #pragma GCC optimize("fp-contract=off")
+#pragma GCC optimize("no-trapping-math")   // for speed only: lets GCC vectorize the searches (values unchanged)
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
 #endif
@@ -27,10 +28,29 @@ const int8_t mpq2_zero2[4]      = { MPQ2_ZERO2_APPLY(MPQ2_ID) };
 #define MPQ2_N_FIT_STEPS 16
 #define MPQ2_N_D_CODES   256
 
-// 2-bit code of x for the grid s * (c - z): nearest level, NaN-safe (fmaxf drops NaN).
+// fmaxf, fminf and nearbyintf are library calls where ggml-base is built for baseline x86-64
+// (no -march), and they sat in the quantizer's innermost loops. These give the same values:
+// mpq2_clamp(t, lo, hi) is fminf(fmaxf(t, lo), hi) for hi > lo (NaN -> lo, as fmaxf drops NaN;
+// a -0 may come out +0, and no caller can tell); mpq2_rint is nearbyintf in the default
+// rounding mode (ties to even) for |v| < 2^22, which every caller's clamp guarantees.
+static inline float mpq2_clamp(float t, float lo, float hi) {
+    t = t > lo ? t : lo;
+    return t < hi ? t : hi;
+}
+
+static inline float mpq2_rint(float v) {
+    const float magic = 12582912.0f;   // 1.5 * 2^23: the sum's last place is the unit
+    return (v + magic) - magic;
+}
+
+static inline float mpq2_max(float a, float b) {   // fmaxf(a, b) for a non-NaN a
+    return b > a ? b : a;
+}
+
+// 2-bit code of x for the grid s * (c - z): nearest level, NaN-safe (NaN -> 0).
 static inline int mpq2_code2(float x, float s, float z) {
     const float t = x / s + z;
-    return (int) nearbyintf(fminf(fmaxf(t, 0.0f), 3.0f));
+    return (int) mpq2_rint(mpq2_clamp(t, 0.0f, 3.0f));
 }
 
 static inline float mpq2_zero_steps(int zc) {
@@ -38,7 +58,7 @@ static inline float mpq2_zero_steps(int zc) {
 }
 
 static inline int mpq2_code8(float mean, float unit) {
-    return (int) nearbyintf(fminf(fmaxf(mean / unit, -127.0f), 127.0f));
+    return (int) mpq2_rint(mpq2_clamp(mean / unit, -127.0f, 127.0f));
 }
 
 // Mean of each run of 4, weighted by w (plain mean when the run's weights are all zero).
@@ -55,37 +75,82 @@ static void mpq2_means4(const float * x, const float * w, float * mean) {
     }
 }
 
+// The two searches below are built for several x86 levels where the compiler can (GCC's and
+// clang's target_clones, picked once at load time): ggml-base is compiled for baseline x86-64,
+// whose 4-wide vectors leave most of an AVX2 or AVX-512 core idle. Every clone computes the
+// same values (IEEE division and rounding, no contraction: -ffp-contract=off).
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__) && !defined(MPQ2_NO_TARGET_CLONES)
+#define MPQ2_SEARCH_CLONES __attribute__((target_clones("default", "avx2", "avx512f")))
+#else
+#define MPQ2_SEARCH_CLONES
+#endif
+
+// The nearest 2-bit level of x / s on a grid with zero offset z, as a float: the value
+// mpq2_code2(x, s, z) gives, from the quotient (which does not depend on z: one division
+// serves all four zero offsets).
+static inline float mpq2_level2q(float q, float z) {
+    return mpq2_rint(mpq2_clamp(q + z, 0.0f, 3.0f));
+}
+
 // Best unscaled 2-bit fit of a word over every zero offset: a least-squares step for each
 // candidate step and zero; returns the unit u (one code step = 16u) and its weighted error.
+// All 4 x 16 (zero, step) candidates are worked side by side (arrays, which the compiler turns
+// into vectors), each with its sums in the order of the one-at-a-time loop, and the best is
+// then taken in (zero, step) order: the same result, bit for bit, as one candidate at a time
+// (codec.py's fit2 is that loop).
+MPQ2_SEARCH_CLONES
 static float mpq2_fit2(const float * x, const float * w, float * err_out) {
+    enum { NT = MPQ2_N_FIT_STEPS };
     float amax = 0.0f;
     for (int i = 0; i < MPQ2_GROUP; ++i) {
-        amax = fmaxf(amax, fabsf(x[i]));
+        amax = mpq2_max(amax, fabsf(x[i]));
     }
     float best_s = amax * 0.5f;
     float best_err = INFINITY;
-    for (int zc = 0; zc < 4 && amax > 0.0f; ++zc) {
-        const float z = mpq2_zero_steps(zc);
-        for (int t = 0; t < MPQ2_N_FIT_STEPS; ++t) {
-            const float s = amax * (0.3f + 0.025f * (float) t);
-            float sxl = 0.0f, sll = 0.0f;
-            for (int i = 0; i < MPQ2_GROUP; ++i) {
-                const float l = (float) mpq2_code2(x[i], s, z) - z;
-                sxl += w[i]*x[i]*l;
-                sll += w[i]*l*l;
+    if (amax > 0.0f) {
+        float s[NT], z[4], sxl[4][NT], sll[4][NT], s2[4][NT], err[4][NT];
+        for (int t = 0; t < NT; ++t) {
+            s[t] = amax * (0.3f + 0.025f * (float) t);
+        }
+        for (int zc = 0; zc < 4; ++zc) {
+            z[zc] = mpq2_zero_steps(zc);
+            for (int t = 0; t < NT; ++t) {
+                sxl[zc][t] = sll[zc][t] = err[zc][t] = 0.0f;
             }
-            if (!(sll > 0.0f) || !(sxl > 0.0f)) {
-                continue;
+        }
+        for (int i = 0; i < MPQ2_GROUP; ++i) {
+            const float wx = w[i]*x[i];
+            float q[NT];
+            for (int t = 0; t < NT; ++t) {
+                q[t] = x[i] / s[t];
             }
-            const float s2 = sxl / sll;
-            float err = 0.0f;
-            for (int i = 0; i < MPQ2_GROUP; ++i) {
-                const float diff = x[i] - s2 * ((float) mpq2_code2(x[i], s2, z) - z);
-                err += w[i]*diff*diff;
+            for (int zc = 0; zc < 4; ++zc) {
+                for (int t = 0; t < NT; ++t) {
+                    const float l = mpq2_level2q(q[t], z[zc]) - z[zc];
+                    sxl[zc][t] += wx*l;
+                    sll[zc][t] += w[i]*l*l;
+                }
             }
-            if (err < best_err) {
-                best_err = err;
-                best_s = s2;
+        }
+        for (int zc = 0; zc < 4; ++zc) {
+            for (int t = 0; t < NT; ++t) {
+                s2[zc][t] = sxl[zc][t] / sll[zc][t];     // used only where both sums are > 0
+            }
+        }
+        for (int i = 0; i < MPQ2_GROUP; ++i) {
+            for (int zc = 0; zc < 4; ++zc) {
+                for (int t = 0; t < NT; ++t) {
+                    const float diff = x[i] - s2[zc][t] * (mpq2_level2q(x[i] / s2[zc][t], z[zc]) - z[zc]);
+                    err[zc][t] += w[i]*diff*diff;
+                }
+            }
+        }
+        for (int zc = 0; zc < 4; ++zc) {
+            for (int t = 0; t < NT; ++t) {
+                if (sll[zc][t] > 0.0f && sxl[zc][t] > 0.0f && err[zc][t] < best_err) {
+                    best_err = err[zc][t];
+                    best_s = s2[zc][t];
+                }
             }
         }
     }
@@ -109,7 +174,7 @@ static float mpq2_fit8(const float * x, const float * w, float * err_out) {
         err += w[i]*diff*diff;
     }
     for (int k = 0; k < 4; ++k) {
-        amax = fmaxf(amax, fabsf(mean[k]));
+        amax = mpq2_max(amax, fabsf(mean[k]));
     }
     *err_out = err;
     return amax / 127.0f;
@@ -148,6 +213,48 @@ static float mpq2_encode_word(const float * x, const float * w, bool salient, fl
     return err;
 }
 
+// The (scale code j, zero code zc) of a 2-bit word with the least weighted error at block
+// scale dd, as 4*j + zc: mpq2_encode_word's error for all 32 at once (arrays, which the compiler
+// turns into vectors; one division per scale serves the four zero offsets; each sum in
+// mpq2_encode_word's order, every level product an exact small integer as there), the first
+// least in (j, zc) order, a NaN error never taken, as the one-at-a-time loop.
+MPQ2_SEARCH_CLONES
+static int mpq2_best_grid2(const float * x, const float * w, float dd) {
+    float s[8], m[8], z[4], zi[4], err[8][4];
+    for (int j = 0; j < 8; ++j) {
+        s[j] = dd * (float) (mpq2_scale_mult[j] * MPQ2_GRID_STEP);
+        m[j] = (float) mpq2_scale_mult[j];
+        for (int zc = 0; zc < 4; ++zc) {
+            err[j][zc] = 0.0f;
+        }
+    }
+    for (int zc = 0; zc < 4; ++zc) {
+        z[zc]  = mpq2_zero_steps(zc);
+        zi[zc] = (float) mpq2_zero2[zc];
+    }
+    for (int i = 0; i < MPQ2_GROUP; ++i) {
+        for (int j = 0; j < 8; ++j) {
+            const float q = x[i] / s[j];
+            for (int zc = 0; zc < 4; ++zc) {
+                const float level = mpq2_level2q(q, z[zc]);
+                const float diff = x[i] - dd * (m[j] * ((float) MPQ2_GRID_STEP * level - zi[zc]));
+                err[j][zc] += w[i]*diff*diff;
+            }
+        }
+    }
+    int best = 0;
+    float best_err = INFINITY;
+    for (int j = 0; j < 8; ++j) {
+        for (int zc = 0; zc < 4; ++zc) {
+            if (err[j][zc] < best_err) {
+                best_err = err[j][zc];
+                best = 4*j + zc;
+            }
+        }
+    }
+    return best;
+}
+
 // Smallest block scale code whose largest multiplier reaches umax (255 when none does).
 static int mpq2_d_code(float umax) {
     for (int c = 0; c < MPQ2_N_D_CODES; ++c) {
@@ -161,7 +268,7 @@ static int mpq2_d_code(float umax) {
 static void mpq2_quantize_block(const float * x, const float * w, const bool * salient, const float * unit, block_mpq2 * y) {
     float umax = 0.0f;
     for (int k = 0; k < MPQ2_WORDS; ++k) {
-        umax = fmaxf(umax, unit[k]);
+        umax = mpq2_max(umax, unit[k]);
     }
     const int dcode = mpq2_d_code(umax);
     const float dd = mpq2_d_from_code((uint8_t) dcode);
@@ -170,18 +277,21 @@ static void mpq2_quantize_block(const float * x, const float * w, const bool * s
     for (int k = 0; k < MPQ2_WORDS; ++k) {
         const float * xk = x + k*MPQ2_GROUP;
         const float * wk = w + k*MPQ2_GROUP;
-        float best_err = INFINITY;
         int best_j = 0, best_z = 0;
-        for (int j = 0; j < 8; ++j) {
-            for (int zc = 0; zc < (salient[k] ? 1 : 4); ++zc) {
+        if (salient[k]) {
+            float best_err = INFINITY;
+            for (int j = 0; j < 8; ++j) {
                 uint32_t q;
-                const float err = mpq2_encode_word(xk, wk, salient[k], dd, j, zc, &q);
+                const float err = mpq2_encode_word(xk, wk, true, dd, j, 0, &q);
                 if (err < best_err) {
                     best_err = err;
                     best_j = j;
-                    best_z = zc;
                 }
             }
+        } else {
+            const int best = mpq2_best_grid2(xk, wk, dd);
+            best_j = best / 4;
+            best_z = best % 4;
         }
         mpq2_encode_word(xk, wk, salient[k], dd, best_j, best_z, &y->qs[k]);
         meta |= (uint16_t) ((salient[k] ? 1u : 0u) << k);
