@@ -8,8 +8,9 @@
        python3 bench/quantize_speed.py --baseline REV [--rows 256] [--cols 4096] [--repeats 5]
 
 2. llama-quantize on an F16 GGUF (the fair race's model by default, bench/speed_fair_model.py
-   --prepare-only writes it), --pure with an imatrix, for MPQ2 and MPQ2R beside llama.cpp's Q2_K
-   and IQ2_XS: weights per second over the whole file (llama-quantize's own "quantize time").
+   --prepare-only writes it), --pure with an imatrix (output and token embedding Q4_0), for MPQ2
+   and MPQ2R beside llama.cpp's Q2_K and IQ2_XS: weights per second over the whole file
+   (llama-quantize's own "quantize time").
 
        python3 bench/quantize_speed.py --llama-quantize [--model F16.gguf --imatrix I.gguf] [--threads 2]
 """
@@ -82,11 +83,15 @@ def llama_quantize_race(model: Path, imatrix: Path, threads: int, repeats: int, 
         for _ in range(repeats):
             for typ in types:
                 out = Path(tmp) / f"{typ}.gguf"
-                proc = run([bin_path("llama-quantize"), "--pure", "--imatrix", imatrix, model, out, typ, threads])
+                # the output and token embedding Q4_0 in every file, as in the speed race (the IQ2
+                # types need an imatrix there, which llama-imatrix does not record)
+                proc = run([bin_path("llama-quantize"), "--pure", "--output-tensor-type", "q4_0", "--token-embedding-type",
+                            "q4_0", "--imatrix", imatrix, model, out, typ, threads])
                 ms = float(re.search(r"quantize time =\s*([\d.]+) ms", proc.stdout + proc.stderr).group(1))
                 times[typ].append(ms / 1000)
                 out.unlink()
-    print(f"llama-quantize --pure --imatrix, {model.name} ({weights / 1e6:.0f} M weights in its matrices), "
+    print(f"llama-quantize --pure --imatrix (output and token embedding q4_0), {model.name} "
+          f"({weights / 1e6:.0f} M weights in its matrices, embedding and output included), "
           f"{threads} threads, {repeats} interleaved repeats:")
     print("| type | seconds (min / median) | M weights/s per thread (best) |")
     print("|---|---|---|")
