@@ -167,6 +167,18 @@ class MPQ2GPTQ:
         self.H = torch.zeros(self.cols, self.cols, dtype=torch.float64, device=self.device)
         self.nsamples = 0
 
+    @property
+    def H(self) -> torch.Tensor:
+        return self._H
+
+    @H.setter
+    def H(self, value: torch.Tensor) -> None:
+        # the factorization of H per (rotate, percdamp, act_order, rtn), shared with the encoders made
+        # by sharing(): q/k/v, gate/up, and every candidate type of one weight (the sensitivity
+        # pass) factorize H once instead of once each; a new H (or add_batch) starts it afresh
+        self._H = value
+        self._factors: dict = {}
+
     def sharing(self, weight_or_shape) -> "MPQ2GPTQ":
         """An encoder for another layer with the same input (q/k/v, gate/up): it reads this one's
         Hessian, not a copy, so it must be made after the last add_batch."""
@@ -184,18 +196,24 @@ class MPQ2GPTQ:
         self.nsamples += n
         x = x * float(np.sqrt(2.0 / self.nsamples))
         self.H += x.T @ x   # float32 products, float64 running sum (cast on the fly: no float64 copy)
+        self._factors.clear()
 
-    def fasterquant(self, weight: torch.Tensor, cfg: QuantConfig, row_chunk: int | None = None) -> QuantResult:
+    def fasterquant(self, weight: torch.Tensor, cfg: QuantConfig, row_chunk: int | None = None,
+                    error: bool = True) -> QuantResult:
         """Encodes `weight` (rows, cols). With `cfg.rotate` (MPQ2R) GPTQ works on the turned weights
         R w against R H R^T (w.x = Rw.Rx), so salience, bitmap and compensation all live in the
         turned basis; the weight returned is what dequantize_row_mpq2r decodes.
 
         `row_chunk`: GPTQ on that many rows at a time (rounded up to a multiple of 64; rows are
         independent given H), after the bitmap is chosen over the whole tensor: the same bytes,
-        with working memory that grows with the chunk instead of the rows."""
+        with working memory that grows with the chunk instead of the rows. `error=False` skips
+        the reported output error (NaN then), which costs about as much as GPTQ's updates."""
         if cfg.block_size % QK:
             raise ValueError(f"--block-size must be a multiple of {QK}")
-        U, hinv_diag, importance, perm, dead = self._factor(cfg)
+        key = (cfg.rotate, cfg.percdamp, cfg.act_order, cfg.method == "rtn")
+        if key not in self._factors:
+            self._factors[key] = self._factor(cfg)
+        U, hinv_diag, importance, perm, dead = self._factors[key]
         weight = weight.detach()
         spans = _row_spans(self.rows, row_chunk)
         kept = {spans[0]: self._prepare(weight[:spans[0][1]], cfg, dead)}   # one chunk: prepared once
@@ -218,11 +236,12 @@ class MPQ2GPTQ:
             q, packed[a:b] = self._quantize_rows(W, bitmap[a:b], importance, U, perm, cfg)
             del W
             Q[a:b] = ct.unrotate(q) if cfg.rotate else q
-            sample = slice(-a % stride, b - a, stride)       # rows r with r % stride == 0, whatever the spans
-            w = weight[a:b][sample].to(self.device, torch.float32)
-            num += _quadratic(w - Q[a:b][sample], self.H)
-            den += _quadratic(w, self.H)
-        rel = float(np.sqrt(num / den)) if den > 0 else 0.0
+            if error:
+                sample = slice(-a % stride, b - a, stride)   # rows r with r % stride == 0, whatever the spans
+                w = weight[a:b][sample].to(self.device, torch.float32)
+                num += _quadratic(w - Q[a:b][sample], self.H)
+                den += _quadratic(w, self.H)
+        rel = (float(np.sqrt(num / den)) if den > 0 else 0.0) if error else float("nan")
         return QuantResult(packed, Q, int(bitmap.sum()), bitmap.numel(), rel)
 
     def _factor(self, cfg: QuantConfig):
@@ -244,6 +263,8 @@ class MPQ2GPTQ:
         torch.linalg.cholesky(H, out=H)
         torch.cholesky_inverse(H, out=H)
         hinv_diag = H.diagonal().clone()
+        if cfg.method == "rtn":                 # no compensation: U is not needed, only diag(H^-1)
+            return None, hinv_diag, importance, perm, dead
         if perm is not None:
             H = H[perm]
             H = H[:, perm]

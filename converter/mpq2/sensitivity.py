@@ -211,7 +211,7 @@ def delta(W: torch.Tensor, type_name: str, gptq: MPQ2GPTQ | None, opts) -> torch
     `gptq`); the others through gguf-py's numpy quantizers, as the file would hold them."""
     if type_name in OUR_TYPES:
         cfg = replace(opts.cfg, method="rtn", rotate=type_name == "mpq2r")
-        return gptq.sharing(W.shape).fasterquant(W, cfg).weight.to(W.device) - W
+        return gptq.sharing(W.shape).fasterquant(W, cfg, error=False).weight.to(W.device) - W
     values = W.detach().float().cpu().numpy()
     data, qtype = gguf_out.encode(values, type_name)
     return torch.from_numpy(gguf_out.decode(data, qtype, values.shape)).to(W.device) - W
