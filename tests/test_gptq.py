@@ -404,3 +404,26 @@ def test_output_error_of_a_tall_matrix_is_measured_on_spaced_rows(monkeypatch):
     assert sampled.rel_output_error == pytest.approx(whole.rel_output_error, rel=0.05)
     assert chunked.rel_output_error == pytest.approx(sampled.rel_output_error, rel=1e-9)
     assert whole.rel_output_error == pytest.approx(output_error(W, whole.weight, X), rel=0.02)
+
+
+def test_the_hessian_is_factorized_once_per_configuration(monkeypatch):
+    """sharing() encoders and repeated encodes reuse one factorization; a changed H does not."""
+    X, W = layer(rows=64, cols=128, seed=5)
+    q = hessian(X, W)
+    calls = []
+    real = MPQ2GPTQ._factor
+    monkeypatch.setattr(MPQ2GPTQ, "_factor", lambda self, cfg: calls.append(cfg) or real(self, cfg))
+    first = q.fasterquant(W, QuantConfig())
+    again = q.sharing(W.shape).fasterquant(W, QuantConfig())
+    assert len(calls) == 1 and np.array_equal(first.packed, again.packed)
+    q.fasterquant(W, QuantConfig(rotate=True))
+    q.fasterquant(W, QuantConfig(method="rtn"))
+    assert len(calls) == 3
+    q.add_batch(X[:100])                      # a new Hessian: factorized again
+    q.fasterquant(W, QuantConfig())
+    q.H = q.H.clone()
+    q.fasterquant(W, QuantConfig())
+    assert len(calls) == 5
+    fresh = hessian(X, W)
+    fresh.add_batch(X[:100])
+    assert np.array_equal(q.fasterquant(W, QuantConfig()).packed, fresh.fasterquant(W, QuantConfig()).packed)
