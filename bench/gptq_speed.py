@@ -6,12 +6,16 @@ repeats interleaved so that both see the same machine load).
 
     python3 bench/gptq_speed.py [--shapes 1536x576,576x1536] [--repeats 3] [--threads 1] [--rotate] [--baseline REV]
     python3 bench/gptq_speed.py --memory 64x14336,151936x896 [--row-chunk 4096] [--rotate] [--baseline REV]
+    python3 bench/gptq_speed.py --gram 576,1536,4096,14336 [--tokens 4096] [--threads 2]
 
 Synthetic weights (Gaussian, a few outliers) and a Hessian from correlated Gaussian inputs; the
 time does not depend on the values much, only on the shape. Prints min and median seconds, and
 checks that both encoders give the same bytes. --memory runs one fasterquant per shape in a
 fresh process and prints its peak RSS (getrusage; tracemalloc does not see torch), with a
 synthetic low-rank-plus-diagonal Hessian (an add_batch at 14336 inputs would take minutes).
+--gram times one add_batch's product of --tokens inputs of each width: the whole x^T x against
+add_gram's blocks on and above the diagonal (gptq.add_gram) at several block sizes, interleaved,
+and prints the largest difference of the two Hessians relative to their largest entry.
 """
 from __future__ import annotations
 
@@ -118,6 +122,27 @@ def memory(args, impls: dict) -> None:
             print(f"| {rows} x {cols} | {n} | {chunk or '-'} | {base} | {peak} | {int(peak) - int(base)} | {secs} |", flush=True)
 
 
+def gram(args) -> None:
+    from mpq2 import gptq
+    blocks = [int(b) for b in args.gram_blocks.split(",")]
+    print("| inputs | x^T x, ms (min / median) | " + " | ".join(f"add_gram block {b}, ms" for b in blocks)
+          + " | largest difference / largest entry |")
+    print("|---|---|" + "---|" * len(blocks) + "---|")
+    for cols in (int(c) for c in args.gram.split(",")):
+        x = torch.randn(args.tokens, cols, generator=torch.Generator().manual_seed(0))
+        full = torch.zeros(cols, cols, dtype=torch.float64)
+        sym = torch.zeros(cols, cols, dtype=torch.float64)
+        fns = {"full": lambda: full.add_(x.T @ x)}
+        fns.update({b: (lambda b=b: gptq.add_gram(sym, x, b)) for b in blocks})
+        t = timed(fns, args.repeats)
+        full.zero_(), sym.zero_()
+        full.add_(x.T @ x)
+        gptq.add_gram(sym, x, gptq.GRAM_BLOCK)
+        diff = float((full - sym).abs().max() / full.abs().max())
+        cells = " | ".join(f"{t[b][0] * 1e3:.0f} / {t[b][1] * 1e3:.0f}" for b in blocks)
+        print(f"| {cols} | {t['full'][0] * 1e3:.0f} / {t['full'][1] * 1e3:.0f} | {cells} | {diff:.1e} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="1536x576,576x1536", help="rows x cols, comma-separated")
@@ -127,8 +152,13 @@ def main() -> None:
     ap.add_argument("--baseline", metavar="REV", help="also time the encoder of this git commit")
     ap.add_argument("--memory", metavar="SHAPES", help="peak RSS of one fasterquant per shape instead of times")
     ap.add_argument("--row-chunk", type=int, default=0, help="with --memory: fasterquant(..., row_chunk=N) (now only)")
+    ap.add_argument("--gram", metavar="WIDTHS", help="time add_gram against x^T x at these input widths instead")
+    ap.add_argument("--gram-blocks", default="128,256,384,512,768", help="with --gram: the block sizes to time")
+    ap.add_argument("--tokens", type=int, default=4096, help="with --gram: inputs per add_batch (capture.BATCH_TOKENS)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.gram:
+        return gram(args)
     with tempfile.TemporaryDirectory() as tmp:
         base_path = baseline_package(args.baseline, Path(tmp)) if args.baseline else None
         if args.memory:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mpq2 import codec
-from mpq2.gptq import MPQ2GPTQ, QuantConfig, gate_salient, salience_scores, select_bitmap
+from mpq2.gptq import MPQ2GPTQ, QuantConfig, add_gram, gate_salient, salience_scores, select_bitmap
 
 
 def layer(rows=128, cols=256, seed=0):
@@ -31,6 +31,18 @@ def test_hessian_matches_definition():
     X, W = layer(cols=64)
     q = hessian(X, W)
     np.testing.assert_allclose(q.H.numpy(), (2 * X.double().T @ X.double() / X.shape[0]).numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("cols,block", [(64, 64), (320, 128), (1000, 384), (384, 1024)])
+def test_add_gram_is_the_symmetric_product(cols, block):
+    """add_gram computes only the blocks on and above the diagonal: the result must still be
+    x^T x (to float32 rounding) over the whole matrix, exactly symmetric, and add to what H held."""
+    x = torch.randn(700, cols, generator=torch.Generator().manual_seed(cols))
+    H = torch.eye(cols, dtype=torch.float64)
+    add_gram(H, x, block)
+    want = torch.eye(cols, dtype=torch.float64) + x.double().T @ x.double()
+    assert torch.equal(H, H.T)
+    np.testing.assert_allclose(H.numpy(), want.numpy(), rtol=1e-5, atol=1e-3)
 
 
 def test_compensation_lowers_layer_output_error():

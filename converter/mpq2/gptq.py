@@ -27,6 +27,7 @@ from .format import GRID_STEP, GROUP, QK, SCALE_MULT, WORDS, ZERO2
 F = np.float32
 ERROR_ROWS = 8192      # rows per product of the output error, so its temporaries stay small
 ERROR_MAX_ROWS = 4096  # the reported output error of a taller matrix is measured on every k-th row
+GRAM_BLOCK = 256       # columns per block of add_gram's products (bench/gptq_speed.py --gram)
 
 
 @dataclass
@@ -195,7 +196,7 @@ class MPQ2GPTQ:
         self.H *= self.nsamples / (self.nsamples + n)
         self.nsamples += n
         x = x * float(np.sqrt(2.0 / self.nsamples))
-        self.H += x.T @ x   # float32 products, float64 running sum (cast on the fly: no float64 copy)
+        add_gram(self.H, x)
         self._factors.clear()
 
     def fasterquant(self, weight: torch.Tensor, cfg: QuantConfig, row_chunk: int | None = None,
@@ -346,6 +347,22 @@ class MPQ2GPTQ:
         c2 = CT.T.cpu().numpy().reshape(bitmap.shape[0], -1, GROUP)
         return codec.pack(cpu([p.dcode for p in params]), cpu([p.scale_code for p in params]),
                           cpu([p.zero_code for p in params]), bitmap.cpu().numpy(), c8, c2)
+
+
+def add_gram(H: torch.Tensor, x: torch.Tensor, block: int = GRAM_BLOCK) -> None:
+    """H += x^T x, by symmetry: the products of the column blocks on and above the diagonal
+    (float32, added to the float64 H), then the part below the diagonal copied from above, so H
+    stays exactly symmetric. In `block`-column blocks that is (k + 1) / 2k of the full product's
+    work for k blocks: x^T x was the larger part of a block's Hessians (ffn_down's input)."""
+    n = x.shape[1]
+    for j0 in range(0, n, block):
+        j1 = min(j0 + block, n)
+        H[:j1, j0:j1] += x[:, :j1].T @ x[:, j0:j1]
+    for j0 in range(0, n, block):
+        j1 = min(j0 + block, n)
+        H[j0:j1, :j0] = H[:j0, j0:j1].T
+        d = H[j0:j1, j0:j1]
+        d.copy_(d.triu() + d.triu(1).T)
 
 
 def error_stride(rows: int) -> int:
