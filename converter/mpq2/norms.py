@@ -122,7 +122,19 @@ def tune(block: torch.nn.Module, inputs: list[tuple], targets: list[tuple], step
             err.backward()
         return err.detach()
 
-    return _descend(norms, list(block.parameters()), loss, len(inputs), steps, lr, held_out)
+    @torch.no_grad()
+    def held(ks: range) -> float:
+        """The loss summed over sequences ks, in batched forwards (capture.batches): the
+        held-out check's forwards cost as much as a third of the steps one sequence at a time."""
+        total, done = 0.0, 0
+        for hs, args, kwargs, n in capture.batches([inputs[k] for k in ks]):
+            out = capture.hidden(block(hs, *args, **kwargs)).float()
+            target = torch.cat([targets[k][0] for k in ks[done:done + n]]).to(out.device, torch.float32)
+            total += float((out - target).square_().flatten(1).mean(1).sum())
+            done += n
+        return total
+
+    return _descend(norms, list(block.parameters()), loss, len(inputs), steps, lr, held_out, held)
 
 
 @clock("final norm tuning")
@@ -168,11 +180,12 @@ def tune_output(norm: torch.nn.Module, weight: torch.Tensor, hidden: list[torch.
 
 
 def _descend(params: list[torch.nn.Parameter], others: list[torch.nn.Parameter], loss, n: int,
-             steps: int, lr: float, held_out: int | None) -> TuneResult:
+             steps: int, lr: float, held_out: int | None, held=None) -> TuneResult:
     """Adam on `params` alone (`others` frozen meanwhile; every flag restored after), one of the
     first n - h calibration sequences per step; the last h are held out (see tune).
     `loss(k, backward)` returns sequence k's loss as a detached 0-d tensor, after
-    backpropagating it when asked."""
+    backpropagating it when asked; `held(ks)`, if given, the loss summed over sequences ks
+    (default: loss(k, False) added up)."""
     if held_out is not None and held_out < 1:
         raise ValueError(f"held_out must be at least 1, not {held_out}")
     h = default_held_out(n) if held_out is None else min(int(held_out), n - 1)
@@ -183,6 +196,8 @@ def _descend(params: list[torch.nn.Parameter], others: list[torch.nn.Parameter],
     tuned_on, checked = n - h, range(n - h, n)
 
     def held_loss() -> float:
+        if held is not None:
+            return held(checked)
         with torch.no_grad():
             return float(torch.stack([loss(k, False) for k in checked]).sum())
 
