@@ -113,13 +113,26 @@ def shared_inputs(block: nn.Module, first: tuple) -> list[list[str]]:
 
 
 @torch.no_grad()
-def collect(block: nn.Module, inputs: list[tuple], sinks: dict[str, Callable[[torch.Tensor], None]]) -> None:
-    """Feeds every input through the block, handing each named linear layer's input to its sink."""
+def collect(block: nn.Module, inputs: list[tuple], sinks: dict[str, Callable[[torch.Tensor], None]],
+            last: str | None = None) -> None:
+    """Feeds every input through the block, handing each named linear layer's input to its sink.
+    `last`: the block's last linear layer (shared_inputs' last group), where the forward stops
+    once its input is handed over: its product (ffn_down's, a quarter of the block's) and what
+    follows it are not needed for any Hessian."""
     mods = linear_modules(block)
-    hooks = [mods[name].register_forward_hook(lambda m, i, o, f=fn: f(i[0])) for name, fn in sinks.items()]
+
+    def stop(m, a, f):
+        f(a[0])
+        raise _Stop
+
+    hooks = [mods[name].register_forward_pre_hook(lambda m, a, f=fn: stop(m, a, f)) if name == last
+             else mods[name].register_forward_hook(lambda m, i, o, f=fn: f(i[0])) for name, fn in sinks.items()]
     try:
         for hs, args, kwargs, _ in batches(inputs):
-            block(hs, *args, **kwargs)
+            try:
+                block(hs, *args, **kwargs)
+            except _Stop:
+                pass
     finally:
         for h in hooks:
             h.remove()

@@ -13,7 +13,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from . import codec
+from . import codec, cquant
 from .format import QTYPE, QTYPE_R
 
 # Our types: name -> (ggml type, numpy quantizer mirroring the C reference).
@@ -32,12 +32,15 @@ OTHER_TYPES = {
 TYPE_NAMES = [*OUR_TYPES, *OTHER_TYPES]
 
 
-def encode(values: np.ndarray, type_name: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
-    """Encodes a float tensor (numpy layout, rows last) in one of TYPE_NAMES."""
+def encode(values: np.ndarray, type_name: str, threads: int | None = None) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
+    """Encodes a float tensor (numpy layout, rows last) in one of TYPE_NAMES. Our types go
+    through the built C quantizer where there is one (cquant.py: the same bytes, on `threads`
+    threads), else through its numpy mirror."""
     values = np.ascontiguousarray(values, dtype=np.float32)
     if type_name in OUR_TYPES:
         qtype, quantize = OUR_TYPES[type_name]
-        return quantize(values), qtype
+        data = cquant.quantize(values, type_name, threads=threads)
+        return (quantize(values) if data is None else data), qtype
     qtype = OTHER_TYPES[type_name]
     return gguf.quants.quantize(values, qtype), qtype
 

@@ -338,13 +338,14 @@ def collect_hessians(block, inputs: list, names: list[str], opts) -> dict[str, M
         return {}
     linears = capture.linear_modules(block)
     groups, sinks = [], {}
-    for group in capture.shared_inputs(block, inputs[0]):
+    in_order = capture.shared_inputs(block, inputs[0])
+    for group in in_order:
         members = [n for n in group if n in names]
         if members:
             g = new_gptq(linears[members[0]].weight, opts)
             sinks[group[0]] = g.add_batch
             groups.append((members, g))
-    capture.collect(block, inputs, sinks)
+    capture.collect(block, inputs, sinks, last=in_order[-1][0])
     hessians = {}
     for members, g in groups:
         for n in members:
@@ -432,7 +433,7 @@ def encode_rows(source: Source, w: Weight, out: GGUFStream) -> None:
     for lo in range(0, rows, ROW_CHUNK):
         sl = slice(lo, min(lo + ROW_CHUNK, rows))
         values = source.get(w.hf, sl).numpy()
-        data, _ = gguf_out.encode(values, w.type)
+        data, _ = gguf_out.encode(values, w.type, threads=torch.get_num_threads())
         out.write(w.name, data, last_part=sl.stop == rows)
 
 
