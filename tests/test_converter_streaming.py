@@ -179,6 +179,24 @@ def test_index_naming_a_missing_tensor(models, tmp_path):
     assert_clean_failure(convert(bad, "-o", out, *FAST, check=False), out, "model.layers.0.mlp.extra_proj.weight")
 
 
+def test_a_tokenizer_llama_cpp_cannot_export_stops_before_any_work(models, monkeypatch):
+    """llama.cpp's vocabulary export fails deep inside with a bare assert (a BPE tokenizer with a
+    token past config.json's vocab_size, as transformers' GGUF reader once made of Llama 3's) or an
+    IndexError: opening the model must turn that into an error naming the model and the likely
+    cause, before any work (a --bpw sensitivity pass can take as long as the conversion)."""
+    from mpq2 import layout, pipeline
+    from mpq2.errors import ConvertError
+    conv = layout._import_llama_cpp_converter()
+    cls = conv.get_model_class("LlamaForCausalLM")
+
+    def fails(self, vocab_only=False):
+        assert False
+    monkeypatch.setattr(cls, "prepare_metadata", fails)
+    with pytest.raises(ConvertError, match="convert_hf_to_gguf.py cannot export") as e:
+        pipeline.open_model(models["one"])
+    assert str(models["one"]) in str(e.value) and "vocab_size" in str(e.value)
+
+
 def _peak_rss_mb(model: Path, out: Path) -> float:
     convert(model, "-o", out, "--nsamples", "4", "--seqlen", "64", "--tune-norms", "0", "--report", out.with_suffix(".json"))
     return json.loads(out.with_suffix(".json").read_text())["peak_rss_mb"]

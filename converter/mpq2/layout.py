@@ -71,12 +71,18 @@ class HFLayout(Layout):
         # lazy: it only indexes the safetensors headers; fname_out is never written
         self.model = cls(Path(model_dir), gguf.LlamaFileType.MOSTLY_F16, Path(model_dir) / "unused.gguf", eager=False)
         self.arch = gguf.MODEL_ARCH_NAMES[self.model.model_arch]
-        self._metadata_done = False
+        # hparams, metadata, tokenizer: now, so that a tokenizer llama.cpp cannot export stops the
+        # run before any work (a --bpw sensitivity pass can take as long as the conversion)
+        try:
+            with torch.inference_mode():
+                self.model.prepare_metadata(vocab_only=True)
+        except Exception as e:  # noqa: BLE001 - its checks are asserts, KeyErrors, NotImplementedErrors...
+            raise ConvertError(f"{model_dir}: llama.cpp's convert_hf_to_gguf.py cannot export this model's metadata "
+                               f"and tokenizer ({type(e).__name__}: {e or 'a failed check'}); check that the "
+                               f"tokenizer files belong to this model (their tokens must fit config.json's vocab_size)") from e
 
     def add_metadata(self, writer, n_params: int) -> None:
         import gguf
-        with torch.inference_mode():
-            self.model.prepare_metadata(vocab_only=True)      # hparams, metadata, tokenizer
         skip = (gguf.Keys.General.ARCHITECTURE, gguf.Keys.General.FILE_TYPE, gguf.Keys.General.QUANTIZATION_VERSION)
         for key, v in self.model.gguf_writer.kv_data[0].items():
             if key not in skip:
