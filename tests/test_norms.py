@@ -288,3 +288,42 @@ def test_tuning_on_cuda():
     target = norms.float_logits_of(copy.deepcopy(norm), w_q.to(dev), [(h,) for h in hidden])
     res = norms.tune_output(norm, w_q.to(dev), hidden, target, steps=5)
     assert isinstance(res, norms.TuneResult)
+
+
+def test_collect_stopping_at_the_last_linear_gives_the_same_inputs():
+    """capture.collect(last=...) stops the forward once the block's last linear layer (ffn_down)
+    has its input: every layer must still see exactly what the full forward gives it, and the
+    stop must not leak out of collect."""
+    _, block, inputs = tiny_block_and_inputs(3, nseq=4)
+    order = capture.shared_inputs(block, inputs[0])
+    assert order[-1] == ["mlp.down_proj"]
+    full, stopped = {}, {}
+    for seen, last in ((full, None), (stopped, order[-1][0])):
+        sinks = {g[0]: (lambda x, n=g[0], s=seen: s.setdefault(n, []).append(x.clone())) for g in order}
+        capture.collect(block, inputs, sinks, last=last)
+    assert full.keys() == stopped.keys() == {g[0] for g in order}
+    for n in full:
+        assert all(torch.equal(a, b) for a, b in zip(full[n], stopped[n], strict=True)), n
+
+
+def test_a_prefix_of_a_sequence_gives_the_first_outputs_of_the_whole():
+    """--tune-tokens: a step on the first T tokens must see exactly the block's first T outputs
+    on the whole sequence (attention is causal), so its target is the whole target's first T."""
+    _, block, inputs = tiny_block_and_inputs(4, nseq=2)
+    with torch.no_grad():
+        whole = capture.hidden(block(inputs[0][0], *inputs[0][1], **inputs[0][2]))
+        hs, args, kwargs = capture.prefix(inputs[0], 12)
+        assert hs.shape[-2] == 12
+        part = capture.hidden(block(hs, *args, **kwargs))
+    torch.testing.assert_close(part, whole[..., :12, :], rtol=1e-5, atol=1e-6)
+    assert capture.prefix(inputs[0], 10_000) is inputs[0]
+    with pytest.raises(ValueError, match="cannot cut"):
+        capture.prefix((inputs[0][0], (), {**inputs[0][2], "extra_bias": torch.zeros(32)}), 12)
+
+
+def test_tuning_on_prefixes_still_lowers_the_held_out_error():
+    _, block, inputs = tiny_block_and_inputs(1, nseq=16)
+    targets = capture.run_block(block, inputs)
+    scale_input_channels(block, 1)
+    res = norms.tune(block, inputs, targets, steps=30, lr=3e-3, tokens=8)
+    assert res.kept and res.ratio < 0.9, res

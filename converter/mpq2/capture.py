@@ -48,6 +48,32 @@ def first_block_inputs(model: nn.Module, embeds: torch.Tensor) -> list[tuple]:
     return store
 
 
+def prefix(inp: tuple, tokens: int | None) -> tuple:
+    """A calibration input (hidden, args, kwargs) cut to its first `tokens` positions. Attention is
+    causal, so a block computes on the prefix exactly the first `tokens` of its outputs on the
+    whole sequence. The inputs the decoder layers take are cut where they have a sequence axis
+    (rotary embeddings, position ids, a mask); any other tensor stops with an error rather than
+    being guessed at."""
+    hs, args, kwargs = inp
+    if tokens is None or tokens >= hs.shape[-2]:
+        return inp
+
+    def cut(name: str, v):
+        if name == "position_embeddings" and isinstance(v, tuple):
+            return tuple(t[..., :tokens, :] for t in v)
+        if name in ("position_ids", "cache_position") and torch.is_tensor(v):
+            return v[..., :tokens]
+        if name == "attention_mask" and torch.is_tensor(v):
+            return v[..., :tokens, :tokens]
+        if torch.is_tensor(v) or (isinstance(v, tuple) and any(torch.is_tensor(t) for t in v)):
+            raise ValueError(f"cannot cut the block input {name!r} to a prefix of {tokens} tokens")
+        return v
+
+    if any(torch.is_tensor(a) for a in args):
+        raise ValueError(f"cannot cut positional block inputs to a prefix of {tokens} tokens")
+    return hs[..., :tokens, :], args, {k: cut(k, v) for k, v in kwargs.items()}
+
+
 def linear_modules(block: nn.Module) -> dict[str, nn.Linear]:
     return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
 

@@ -96,7 +96,7 @@ def block_norms(block: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 
 @clock("norm tuning")
 def tune(block: torch.nn.Module, inputs: list[tuple], targets: list[tuple], steps: int,
-         lr: float = 1e-3, held_out: int | None = None) -> TuneResult:
+         lr: float = 1e-3, held_out: int | None = None, tokens: int | None = None) -> TuneResult:
     """Tunes the block's norm gains in place, by Adam on the mean squared error between the
     block's output and `targets[k][0]`, one calibration sequence per step.
 
@@ -104,7 +104,8 @@ def tune(block: torch.nn.Module, inputs: list[tuple], targets: list[tuple], step
     outputs (only [0] is read). The last `held_out` sequences (default max(1, n // 8); at most
     n - 1) take no step: the error summed over them is measured before and after the steps,
     and the tuned gains stay only when it went down; otherwise the gains are restored bit for
-    bit. Steps cycle over the first n - held_out sequences. Nothing is tuned with steps <= 0,
+    bit. Steps cycle over the first n - held_out sequences, each on its first `tokens` positions
+    (default: all; the held-out check always takes whole sequences). Nothing is tuned with steps <= 0,
     no norm, or fewer than two sequences (no held-out set: the safe choice is to keep the gains).
 
     Returns a TuneResult (a float equal to its `ratio`: held-out error after over before);
@@ -114,9 +115,9 @@ def tune(block: torch.nn.Module, inputs: list[tuple], targets: list[tuple], step
         return TuneResult(reason="no norm gain: nothing tuned")
 
     def loss(k: int, backward: bool) -> torch.Tensor:
-        hs, args, kwargs = inputs[k]
+        hs, args, kwargs = capture.prefix(inputs[k], tokens)
         out = capture.hidden(block(hs, *args, **kwargs))
-        target = targets[k][0]
+        target = targets[k][0][..., :hs.shape[-2], :]
         err = torch.nn.functional.mse_loss(out.float(), target.to(out.device, torch.float32))
         if backward:
             err.backward()
@@ -140,16 +141,16 @@ def tune(block: torch.nn.Module, inputs: list[tuple], targets: list[tuple], step
 @clock("final norm tuning")
 def tune_output(norm: torch.nn.Module, weight: torch.Tensor, hidden: list[torch.Tensor],
                 target_logits, steps: int, lr: float = 1e-3, chunk: int = 128,
-                held_out: int | None = None) -> TuneResult:
+                held_out: int | None = None, tokens: int | None = None) -> TuneResult:
     """Tunes the final RMSNorm's gain in place so that the logits of the quantized output
     projection `weight` on the quantized model's last hidden states (`hidden`, one (..., tokens,
     dim) tensor per sequence) come close to the target logits: KL(target || quantized) over the
     vocabulary. The gain rescales every input channel of the output projection, so it absorbs
     part of the error the blocks' norms cannot reach: the output projection's own.
     `target_logits(k, rows)` gives the target logits of tokens `rows` (a slice) of sequence k
-    (any device; float_logits_of makes one). Each step takes one sequence, `chunk` tokens at a
-    time (gradients add up), so memory holds a few chunk x vocabulary tensors, not a whole
-    sequence's.
+    (any device; float_logits_of makes one). Each step takes one sequence (its first `tokens`
+    positions; default all), `chunk` tokens at a time (gradients add up), so memory holds a few
+    chunk x vocabulary tensors, not a whole sequence's.
 
     Held out as in tune: the last `held_out` sequences (default max(1, n // 8)) take no step;
     the tuned gain stays only when their KL (summed) went down, else it is restored bit for
@@ -162,6 +163,8 @@ def tune_output(norm: torch.nn.Module, weight: torch.Tensor, hidden: list[torch.
 
     def kl_of(k: int, backward: bool) -> torch.Tensor:
         h = hidden[k].reshape(-1, hidden[k].shape[-1])
+        if backward and tokens is not None:      # a step: the sequence's first `tokens` positions
+            h = h[:tokens]
         total = None
         for r in range(0, h.shape[0], chunk):
             rows = slice(r, min(r + chunk, h.shape[0]))
