@@ -180,7 +180,7 @@ def run_one(shape: str, layers: int | None, args, extra: list[str], has_report: 
         secs = [b["seconds"] for b in rep.get("blocks", [])]
         row.update(report_wall_seconds=rep.get("wall_seconds"), report_peak_rss_mb=rep.get("peak_rss_mb"),
                    block_seconds=secs, seconds_per_block=statistics.median(secs) if secs else None,
-                   device=rep.get("device"))
+                   device=rep.get("device"), stage_seconds=rep.get("stage_seconds"))
         if secs:
             row["other_seconds"] = row["wall_seconds"] - sum(secs)    # load, calibration, output stage, writing
     if out.exists() and not args.keep_output:

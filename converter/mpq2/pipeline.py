@@ -307,7 +307,7 @@ def quantize_block(i: int, inp: ModelInput, skel, plan: Plan, opts, prog: Progre
         prog.rows.append(row)
     del hessians
     if targets is not None:
-        tuned = norms.tune(block, prog.inputs, targets, opts.tune_norms, tokens=opts.tune_tokens)
+        tuned = norms.tune(block, prog.inputs, targets, opts.tune_norms, tokens=opts.tune_tokens or None)
         prog.norm_ratios.append(float(tuned.ratio))
         prog.norm_kept.append(bool(tuned.kept))
     for pname, p in block.named_parameters():
@@ -407,7 +407,7 @@ def encode_output(inp: ModelInput, skel, plan: Plan, opts, prog: Progress, out: 
         float_norm = copy.deepcopy(norm)
         target = norms.float_logits_of(float_norm, float_weight, prog.finputs if prog.finputs is not None else prog.inputs)
         tuned = norms.tune_output(norm, decoded.to(opts.device), [hs for hs, _, _ in prog.inputs], target, opts.tune_norms,
-                                  tokens=opts.tune_tokens)
+                                  tokens=opts.tune_tokens or None)
         say(opts, f"final norm: {tuned.describe()}")
         del target
     del decoded, float_weight
