@@ -357,9 +357,7 @@ def add_gram(H: torch.Tensor, x: torch.Tensor, block: int = GRAM_BLOCK) -> None:
     n = x.shape[1]
     for j0 in range(0, n, block):
         j1 = min(j0 + block, n)
-        H[:j1, j0:j1] += x[:, :j1].T @ x[:, j0:j1]
-    for j0 in range(0, n, block):
-        j1 = min(j0 + block, n)
+        H[:j1, j0:j1] += x[:, :j1].T @ x[:, j0:j1]    # this block column is now final above the diagonal
         H[j0:j1, :j0] = H[:j0, j0:j1].T
         d = H[j0:j1, j0:j1]
         d.copy_(d.triu() + d.triu(1).T)
