@@ -439,3 +439,30 @@ def test_the_hessian_is_factorized_once_per_configuration(monkeypatch):
     fresh = hessian(X, W)
     fresh.add_batch(X[:100])
     assert np.array_equal(q.fasterquant(W, QuantConfig()).packed, fresh.fasterquant(W, QuantConfig()).packed)
+
+
+@pytest.mark.parametrize("n", [1, 7, 64, 300, 777])
+@pytest.mark.parametrize("column_major", [False, True])
+def test_inverse_cholesky_is_the_cholesky_factor_of_the_inverse(n, column_major):
+    """GPTQ's U (upper, U^T U = H^-1) by one Cholesky of the reversed H and a triangular inverse
+    (by halves down to 64 columns here) equals the textbook chol(cholesky_inverse(chol(H)))."""
+    from mpq2 import gptq
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(2 * n + 3, n, generator=g, dtype=torch.float64) * torch.rand(n, generator=g, dtype=torch.float64) * 3
+    H = x.T @ x + 0.01 * torch.eye(n, dtype=torch.float64)
+    want = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    buf = torch.empty_like(H).mT if column_major else torch.empty_like(H)
+    buf.copy_(H)
+    U = gptq.inverse_cholesky_upper_(buf, base=64)
+    assert U.data_ptr() == buf.data_ptr()
+    assert torch.equal(U, U.triu())
+    torch.testing.assert_close(U, want, rtol=0, atol=1e-10 * float(want.abs().max()))
+    torch.testing.assert_close(gptq.column_sq_sums(U, chunk=5), torch.diag(torch.cholesky_inverse(torch.linalg.cholesky(H))),
+                               rtol=1e-10, atol=0)
+
+
+def test_wide_matrices_measure_the_output_error_on_fewer_rows():
+    from mpq2 import gptq
+    assert gptq.error_stride(4096, 4096) == 1 and gptq.error_stride(14336, 4096) == 4
+    assert gptq.error_stride(4096, 14336) == 13            # at most 4096 * (4096 / 14336)^2 = 334 rows
+    assert gptq.error_stride(300, 65536) == 2               # never fewer than 256 rows, where there are more
