@@ -7,6 +7,7 @@ repeats interleaved so that both see the same machine load).
     python3 bench/gptq_speed.py [--shapes 1536x576,576x1536] [--repeats 3] [--threads 1] [--rotate] [--baseline REV]
     python3 bench/gptq_speed.py --memory 64x14336,151936x896 [--row-chunk 4096] [--rotate] [--baseline REV]
     python3 bench/gptq_speed.py --gram 576,1536,4096,14336 [--tokens 4096] [--threads 2]
+    python3 bench/gptq_speed.py --factor 4096,14336 [--threads 2]
 
 Synthetic weights (Gaussian, a few outliers) and a Hessian from correlated Gaussian inputs; the
 time does not depend on the values much, only on the shape. Prints min and median seconds, and
@@ -16,6 +17,10 @@ synthetic low-rank-plus-diagonal Hessian (an add_batch at 14336 inputs would tak
 --gram times one add_batch's product of --tokens inputs of each width: the whole x^T x against
 add_gram's blocks on and above the diagonal (gptq.add_gram) at several block sizes, interleaved,
 and prints the largest difference of the two Hessians relative to their largest entry.
+--factor times GPTQ's factor U (upper, U^T U = H^-1) of a damped Hessian of each width, float64:
+the reference's chol -> cholesky_inverse -> chol against gptq.inverse_cholesky_upper_ (a
+Cholesky of the reversed H and a triangular inverse), and prints their largest difference
+relative to U's largest entry.
 """
 from __future__ import annotations
 
@@ -143,6 +148,31 @@ def gram(args) -> None:
         print(f"| {cols} | {t['full'][0] * 1e3:.0f} / {t['full'][1] * 1e3:.0f} | {cells} | {diff:.1e} |", flush=True)
 
 
+def factor(args) -> None:
+    from mpq2 import gptq
+    print("| inputs | chol -> cholesky_inverse -> chol, s (min / median) | inverse_cholesky_upper_, s | largest difference / largest entry |")
+    print("|---|---|---|---|")
+    for n in (int(c) for c in args.factor.split(",")):
+        x = torch.randn(2 * n, n, generator=torch.Generator().manual_seed(0))
+        H = (x.T @ x).double() / n
+        del x
+        H.diagonal().add_(0.01 * float(H.diagonal().mean()))
+        out = {}
+
+        def reference():
+            out["ref"] = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+
+        def reversed_():
+            buf = torch.empty_like(H).mT
+            buf.copy_(H)
+            out["now"] = gptq.inverse_cholesky_upper_(buf)
+
+        t = timed({"ref": reference, "now": reversed_}, args.repeats)
+        diff = float((out["now"] - out["ref"]).abs().max() / out["ref"].abs().max())
+        print(f"| {n} | {t['ref'][0]:.2f} / {t['ref'][1]:.2f} | {t['now'][0]:.2f} / {t['now'][1]:.2f} | {diff:.1e} |", flush=True)
+        out.clear()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="1536x576,576x1536", help="rows x cols, comma-separated")
@@ -155,10 +185,13 @@ def main() -> None:
     ap.add_argument("--gram", metavar="WIDTHS", help="time add_gram against x^T x at these input widths instead")
     ap.add_argument("--gram-blocks", default="128,256,384,512,768", help="with --gram: the block sizes to time")
     ap.add_argument("--tokens", type=int, default=4096, help="with --gram: inputs per add_batch (capture.BATCH_TOKENS)")
+    ap.add_argument("--factor", metavar="WIDTHS", help="time GPTQ's factorization at these input widths instead")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.gram:
         return gram(args)
+    if args.factor:
+        return factor(args)
     with tempfile.TemporaryDirectory() as tmp:
         base_path = baseline_package(args.baseline, Path(tmp)) if args.baseline else None
         if args.memory:
