@@ -18,8 +18,9 @@ and which pairs make up the table is the question this script answers, by greedy
 selection over MPQ2's 32 pairs on --train tensors (then single swaps while they help), scored
 on the others.
 
-Every layout is fitted the same way, exhaustively: per block, 12 E6M2 scale codes (from two
-above the one whose largest level just reaches the block's largest weight, down by 2.5 octaves) x every allowed pair per
+Every layout is fitted the same way, exhaustively: per block, 12 E6M2 scale codes (from six
+above the one where MPQ2's largest level, 40 x 40 d, just reaches the block's largest weight, down
+to five below it: the best code of every block was inside, measured on Gaussian rows) x every allowed pair per
 word, codes rounded to nearest; the error is the plain squared error (no importance, no GPTQ).
 That makes the numbers a proxy for the layouts' relative quality, not a perplexity. Weights are
 turned by MPQ2R's 64-point rotation first (rotation.py), as the converter's default type does.
@@ -58,7 +59,7 @@ def pair_errors(x: torch.Tensor, block: int) -> torch.Tensor:
     top = float(SCALE_MULT.max()) * (3 * GRID_STEP - float(ZERO2.min()))     # largest |level| / d
     d_all = torch.from_numpy(d_from_code(np.arange(256)).astype(np.float32))
     k0 = torch.searchsorted(d_all, amax / top)                                # code reaching amax
-    d = d_all[(k0[:, None] + 2 - torch.arange(N_D)).clamp(0, 255)]            # (blocks, K)
+    d = d_all[(k0[:, None] + 6 - torch.arange(N_D)).clamp(0, 255)]            # (blocks, K)
     out = torch.empty(x.shape[0], N_D, x.shape[1], len(PAIRS))
     for p, (m, z) in enumerate(PAIRS):
         step = d * (m * GRID_STEP)                                            # (blocks, K)
