@@ -28,7 +28,8 @@ turned by MPQ2R's 64-point rotation first (rotation.py), as the converter's defa
     python3 bench/tier_sim.py [--model smollm2-f16.gguf] [--rows 256] [--blocks 0,9,19,29]
 
 Prints, per layout and tensor, the relative squared error sum (x - q)^2 / sum x^2, and the
-chosen pairs. Without --model, Gaussian and Student-t weights only. Below them, for reference, the
+chosen pairs; then the same for the real encoders, MPQ2S's (codec_s, with its fixed table) and
+MPQ2R's (codec.quantize_r, bitmap in use). Without --model, Gaussian and Student-t weights only. Below them, for reference, the
 same error of llama.cpp's own quantizers (`ggml_quantize_chunk` of the built libggml-base, an
 all-ones importance matrix, the same turned weights), where the build is there.
 """
@@ -43,7 +44,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "converter"))
-from mpq2 import rotation  # noqa: E402
+from mpq2 import codec, codec_s, rotation  # noqa: E402
 from mpq2.format import GRID_STEP, SCALE_MULT, ZERO2, d_from_code  # noqa: E402
 
 LLAMA_TYPES = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "Q2_K", "MPQ2", "IQ3_XXS"]
@@ -181,6 +182,13 @@ def main() -> None:
         cells = " | ".join(f"{layout_error(E[k], pairs) / norm[k]:.4f}" for k in names)
         shown = "all 32" if len(pairs) == 32 else " ".join(f"{PAIRS[p][0]}/{PAIRS[p][1]}" for p in pairs)
         print(f"| {label} | {shown} | {cells} |", flush=True)
+    for label, enc, dec in (("MPQ2S reference encoder (codec_s, 2.25 bpw)", codec_s.quantize, codec_s.dequantize),
+                            ("MPQ2R reference encoder (codec.quantize_r, 2.5 bpw)", codec.quantize_r, codec.dequantize_r)):
+        cells = []
+        for k in names:
+            w = rotation.unrotate(data[k].numpy())          # the encoders turn the rows themselves
+            cells.append(f"{float(np.square(w - dec(enc(w))).sum() / np.square(w).sum()):.4f}")
+        print(f"| {label} | - | {' | '.join(cells)} |", flush=True)
     ref = {k: llama_cpp_errors(v.numpy()) for k, v in data.items()}
     for name in LLAMA_TYPES:
         if all(name in r for r in ref.values()):
