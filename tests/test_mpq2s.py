@@ -137,3 +137,81 @@ def test_more_scales_never_hurt(rng, monkeypatch):
 def test_rows_must_be_a_multiple_of_128():
     with pytest.raises(ValueError, match="multiple of 128"):
         codec_s.quantize(np.zeros((2, 576), np.float32))
+
+
+# ---- GPTQ on the MPQ2S grid (converter/mpq2/mpq2s_grid.py) ----
+
+import torch  # noqa: E402
+
+from mpq2 import codec_torch, mpq2s_grid  # noqa: E402
+from mpq2.gptq import MPQ2GPTQ, QuantConfig  # noqa: E402
+
+S_CFG = QuantConfig(grid="mpq2s", rotate=True)
+
+
+def test_torch_choose_is_the_numpy_specification(rng):
+    x = np.concatenate([rng.standard_normal((40, 128)), hostile_rows(rng).reshape(-1, 128)]).astype(np.float32)
+    w = rng.uniform(0.0, 3.0, x.shape).astype(np.float32)
+    w[:5] = 1.0
+    want = codec_s.choose(x.reshape(-1, 8, 16), w.reshape(-1, 8, 16))
+    got = mpq2s_grid.choose(torch.from_numpy(x).reshape(-1, 8, 16), torch.from_numpy(w).reshape(-1, 8, 16))
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a.numpy(), b)
+
+
+def gptq_layer(rows=96, cols=384, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(3000, cols, generator=g) @ (0.3 * torch.randn(cols, cols, generator=g) + torch.eye(cols))
+    W = 0.05 * torch.randn(rows, cols, generator=g)
+    W[::7, ::11] *= 6
+    q = MPQ2GPTQ(W)
+    q.add_batch(X)
+    return X, W, q
+
+
+def test_round_to_nearest_on_the_grid_is_the_numpy_encoder_with_the_hessian_diagonal():
+    _, W, q = gptq_layer()
+    res = q.fasterquant(W, QuantConfig(grid="mpq2s", rotate=True, method="rtn"))
+    turned = codec_torch.rotate(W).numpy().reshape(-1, 8, 16)
+    _, _, importance, _, _ = q._factors[(True, 0.01, False, True)]
+    imp = np.broadcast_to(importance.numpy().reshape(1, -1, 8, 16), (W.shape[0], 3, 8, 16)).reshape(turned.shape)
+    want = codec_s.pack(*codec_s.choose(turned, imp)).reshape(W.shape[0], -1)
+    np.testing.assert_array_equal(res.packed, want)
+    assert res.packed.shape == (96, 384 // 128 * 36)
+
+
+@pytest.mark.parametrize("cfg", [S_CFG, QuantConfig(grid="mpq2s", rotate=True, act_order=True),
+                                 QuantConfig(grid="mpq2s", rotate=True, block_size=256)], ids=["gptq", "act_order", "block256"])
+def test_gptq_bytes_decode_to_its_weights_and_beat_round_to_nearest(cfg):
+    X, W, q = gptq_layer()
+    res = q.fasterquant(W, cfg)
+    decoded = torch.from_numpy(codec_s.dequantize(res.packed))
+    torch.testing.assert_close(decoded, res.weight, rtol=0, atol=1e-6 * float(W.abs().max()))
+    rtn = q.fasterquant(W, QuantConfig(grid="mpq2s", rotate=True, method="rtn"))
+    err = lambda Wq: float(torch.linalg.norm((W - Wq) @ X.T) / torch.linalg.norm(W @ X.T))
+    assert err(res.weight) < 0.9 * err(rtn.weight), (err(res.weight), err(rtn.weight))
+    assert res.n_salient == 0
+
+
+def test_gptq_error_is_near_mpq2r_at_nine_tenths_of_the_bytes():
+    X, W, q = gptq_layer(seed=1)
+    s = q.fasterquant(W, S_CFG).rel_output_error
+    r = q.fasterquant(W, QuantConfig(rotate=True)).rel_output_error
+    assert s < 1.15 * r, (s, r)
+
+
+def test_row_chunks_give_the_same_bytes():
+    _, W, q = gptq_layer(rows=200)
+    whole = q.fasterquant(W, S_CFG)
+    np.testing.assert_array_equal(q.fasterquant(W, S_CFG, row_chunk=64).packed, whole.packed)
+
+
+@pytest.mark.parametrize("cfg,cols", [(QuantConfig(grid="mpq2s"), 384), (S_CFG, 320),
+                                      (QuantConfig(grid="mpq2s", rotate=True, block_size=64), 384)],
+                         ids=["unturned", "320 inputs", "block 64"])
+def test_gptq_refuses_what_mpq2s_cannot_hold(cfg, cols):
+    W = torch.randn(64, cols)
+    q = MPQ2GPTQ(W)
+    q.add_batch(torch.randn(500, cols))
+    with pytest.raises(ValueError, match="MPQ2S"):
+        q.fasterquant(W, cfg)

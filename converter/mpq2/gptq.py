@@ -21,7 +21,7 @@ import torch
 
 import gguf
 
-from . import codec, codec_torch as ct, qtypes
+from . import codec, codec_s, codec_torch as ct, mpq2s_grid, qtypes
 from .format import GRID_STEP, GROUP, QK, SCALE_MULT, WORDS, ZERO2
 
 F = np.float32
@@ -42,7 +42,7 @@ class QuantConfig:
     act_order: bool = False            # process columns by decreasing H_jj (same output format)
     gate: bool = True                  # a salient word keeps int8 means only where they fit better
     rotate: bool = False               # MPQ2R: encode R w per 64-block (rotation.py), GPTQ on R H R^T
-    grid: str = "mpq2"                 # mpq2, or a llama.cpp type of qtypes.GRIDS (no bitmap, no rotation)
+    grid: str = "mpq2"                 # mpq2; mpq2s (2.25 bpw, rotate only); or a llama.cpp type of qtypes.GRIDS (no bitmap, no rotation)
 
 
 @dataclass
@@ -213,6 +213,9 @@ class MPQ2GPTQ:
         the reported output error (NaN then), which costs about as much as GPTQ's updates."""
         if cfg.block_size % QK:
             raise ValueError(f"--block-size must be a multiple of {QK}")
+        if cfg.grid == "mpq2s" and (not cfg.rotate or self.cols % codec_s.QK_S or cfg.block_size % codec_s.QK_S):
+            raise ValueError(f"MPQ2S is encoded turned (rotate=True), on inputs and GPTQ blocks that are multiples of "
+                             f"{codec_s.QK_S} (got {self.cols} inputs, block size {cfg.block_size})")
         key = (cfg.rotate, cfg.percdamp, cfg.act_order, cfg.method == "rtn")
         if key not in self._factors:
             self._factors[key] = self._factor(cfg)
@@ -289,24 +292,36 @@ class MPQ2GPTQ:
         params: list[BlockParams | None] = [None] * nb
 
         def block_params(b, x):
+            """The grids of the 64-column blocks from b on (one, or MPQ2S's two), x: their columns or more."""
+            if cfg.grid == "mpq2s":
+                return mpq2s_grid.BlockParams128(x[:, :codec_s.QK_S], importance[b * QK:b * QK + codec_s.QK_S]).halves()
             if cfg.grid != "mpq2":
-                return qtypes.GroupParams(x, cfg.grid)
-            return BlockParams(x, importance[b * QK:(b + 1) * QK], bitmap[:, b * WORDS:(b + 1) * WORDS])
+                return [qtypes.GroupParams(x[:, :QK], cfg.grid)]
+            return [BlockParams(x[:, :QK], importance[b * QK:(b + 1) * QK], bitmap[:, b * WORDS:(b + 1) * WORDS])]
 
         QT = torch.empty((self.cols, rows), dtype=torch.float32, device=W.device)
         CT = torch.empty((self.cols, rows), dtype=torch.uint8, device=W.device)
         if cfg.method == "rtn":   # no compensation: the columns of a block are independent
             for b in range(nb):
-                params[b] = block_params(b, W[:, b * QK:(b + 1) * QK])
+                if params[b] is None:
+                    new = block_params(b, W[:, b * QK:])
+                    params[b:b + len(new)] = new
                 QT[b * QK:(b + 1) * QK], CT[b * QK:(b + 1) * QK] = params[b].quantize_block(W[:, b * QK:(b + 1) * QK].T)
                 params[b].release()
         else:
             if perm is not None:   # static scales from the original weights: columns arrive out of order
                 for b in range(nb):
-                    params[b] = block_params(b, W[:, b * QK:(b + 1) * QK])
+                    if params[b] is None:
+                        new = block_params(b, W[:, b * QK:])
+                        params[b:b + len(new)] = new
                 W = W[:, perm]
             self._gptq(W, U, perm, params, block_params, QT, CT, cfg.block_size)
-        packed = self._pack(params, bitmap, CT) if cfg.grid == "mpq2" else qtypes.pack(params, CT, cfg.grid)
+        if cfg.grid == "mpq2":
+            packed = self._pack(params, bitmap, CT)
+        elif cfg.grid == "mpq2s":
+            packed = mpq2s_grid.pack(params, CT)
+        else:
+            packed = qtypes.pack(params, CT, cfg.grid)
         return QT.T.contiguous(), packed
 
     @staticmethod
@@ -324,7 +339,8 @@ class MPQ2GPTQ:
                 col = order[i1 + i]
                 b, cb = divmod(col, QK)
                 if params[b] is None:   # natural order: block starts here, its columns are all in W1
-                    params[b] = block_params(b, W1[i:i + QK].T)
+                    new = block_params(b, W1[i:].T)
+                    params[b:b + len(new)] = new
                 w = W1[i]
                 q, C1[i] = params[b].quantize_column(cb, w, out=Q1[i])
                 err = Err1[i:i + 1]
@@ -428,6 +444,8 @@ def _invert_lower_(L: torch.Tensor, base: int) -> None:
 def _row_bytes(cols: int, cfg: QuantConfig) -> int:
     if cfg.grid == "mpq2":
         return cols // QK * 20
+    if cfg.grid == "mpq2s":
+        return cols // codec_s.QK_S * codec_s.BLOCK_BYTES_S
     block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[cfg.grid.upper()]]
     return cols // block * size
 
