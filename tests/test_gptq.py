@@ -441,11 +441,11 @@ def test_the_hessian_is_factorized_once_per_configuration(monkeypatch):
     assert np.array_equal(q.fasterquant(W, QuantConfig()).packed, fresh.fasterquant(W, QuantConfig()).packed)
 
 
-@pytest.mark.parametrize("n", [1, 7, 64, 300, 777])
+@pytest.mark.parametrize("n,base", [(1, 64), (7, 64), (64, 64), (300, 64), (777, 64), (100, 16), (64, 8)])
 @pytest.mark.parametrize("column_major", [False, True])
-def test_inverse_cholesky_is_the_cholesky_factor_of_the_inverse(n, column_major):
+def test_inverse_cholesky_is_the_cholesky_factor_of_the_inverse(n, base, column_major):
     """GPTQ's U (upper, U^T U = H^-1) by one Cholesky of the reversed H and a triangular inverse
-    (by halves down to 64 columns here) equals the textbook chol(cholesky_inverse(chol(H)))."""
+    (by halves down to `base` columns) equals the textbook chol(cholesky_inverse(chol(H)))."""
     from mpq2 import gptq
     g = torch.Generator().manual_seed(n)
     x = torch.randn(2 * n + 3, n, generator=g, dtype=torch.float64) * torch.rand(n, generator=g, dtype=torch.float64) * 3
@@ -453,7 +453,7 @@ def test_inverse_cholesky_is_the_cholesky_factor_of_the_inverse(n, column_major)
     want = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     buf = torch.empty_like(H).mT if column_major else torch.empty_like(H)
     buf.copy_(H)
-    U = gptq.inverse_cholesky_upper_(buf, base=64)
+    U = gptq.inverse_cholesky_upper_(buf, base=base)
     assert U.data_ptr() == buf.data_ptr()
     assert torch.equal(U, U.triu())
     torch.testing.assert_close(U, want, rtol=0, atol=1e-10 * float(want.abs().max()))

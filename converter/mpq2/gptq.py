@@ -431,7 +431,9 @@ def _invert_lower_(L: torch.Tensor, base: int) -> None:
     if n <= base:
         L.copy_(torch.linalg.solve_triangular(L, torch.eye(n, dtype=L.dtype, device=L.device), upper=False))
         return
-    h = -(-(n // 2) // 64) * 64
+    h = -(-(n // 2) // 64) * 64          # a multiple of 64 keeps the solves on aligned blocks
+    if h >= n:
+        h = n // 2
     A, B, C = L[:h, :h], L[h:, :h], L[h:, h:]
     Y = torch.linalg.solve_triangular(A, B, upper=False, left=False)        # B A^-1
     B.copy_(torch.linalg.solve_triangular(C, Y, upper=False).neg_())       # -C^-1 B A^-1
