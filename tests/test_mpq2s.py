@@ -215,3 +215,45 @@ def test_gptq_refuses_what_mpq2s_cannot_hold(cfg, cols):
     q.add_batch(torch.randn(500, cols))
     with pytest.raises(ValueError, match="MPQ2S"):
         q.fasterquant(W, cfg)
+
+
+# ---- the CPU kernels (ggml_ext/src/ggml-cpu-mpq2s.c), standalone ----
+
+KERNEL_SOURCES = [ROOT / "tests/simd/mpq2s_kernel_check.c", ROOT / "ggml_ext/src/ggml-cpu-mpq2s.c",
+                  ROOT / "ggml_ext/src/ggml-cpu-mpq2-repack.c", SRC]
+
+
+def x86_flags() -> set[str]:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    m = re.search(r"^flags\s*:(.*)$", text, re.M)
+    return set(m.group(1).split()) if m else set()
+
+
+KERNEL_BUILDS = {
+    "native": (["-march=native"], None),
+    "avx512 without vnni or gfni": (["-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-mf16c"], "avx512"),
+    "avx2 (scalar x16)": (["-mavx2", "-mfma", "-mf16c"], "generic"),
+    "native, asan + ubsan": (["-march=native", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"], None),
+}
+
+
+@pytest.mark.parametrize("name", list(KERNEL_BUILDS))
+def test_kernels_match_the_exact_sum(name, tmp_path):
+    """The row dot (scalar) and the 16-row kernel, 1..11 columns, random / unit-scale / extreme /
+    spread-scale blocks, against an exact float64 sum; the scalar x16 equals the row dot bit for bit."""
+    from llama_cpp_build import lib_dir, src_dir
+    flags, impl = KERNEL_BUILDS[name]
+    if "avx512" in " ".join(flags) and "avx512bw" not in x86_flags():
+        pytest.skip("this CPU has no AVX-512")
+    ggml, lib, exe = src_dir() / "ggml", lib_dir(), tmp_path / "check"
+    cmd = ["cc", "-O2", "-std=gnu11", "-Wall", "-Wno-unused-function", "-ffp-contract=off", *flags,
+           f"-I{ggml}/include", f"-I{ggml}/src", f"-I{ggml}/src/ggml-cpu", f"-I{ROOT}/ggml_ext/include",
+           f"-I{ROOT}/ggml_ext/src", *map(str, KERNEL_SOURCES), f"-L{lib}", "-lggml-base", f"-Wl,-rpath,{lib}",
+           "-lm", "-o", str(exe)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+    if impl:
+        assert f"kernel {impl}:" in out.stdout, out.stdout
+    assert " 42240 cases" in out.stdout, out.stdout

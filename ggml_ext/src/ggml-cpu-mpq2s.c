@@ -1,0 +1,190 @@
+// MPQ2S in the CPU backend: the scalar dot product against Q8_0R, the 16-row repacking and its
+// kernels (scalar reference, AVX-512). Not registered with ggml yet (docs/FORMAT.md, "MPQ2S"):
+// tests/simd/mpq2s_kernel_check.c compiles it standalone, as tests/simd/ does for MPQ2.
+#define GGML_COMMON_DECL_C
+#include "ggml-common.h"
+
+#include "ggml-cpu-impl.h"
+#include "simd-mappings.h"
+#include "ggml-cpu-mpq2-repack.h"   // mpq2_act: the activation columns of the repacked kernels
+#include "ggml-mpq2s.h"
+
+#include <assert.h>
+#include <string.h>
+
+// Word w of a block: grid g's integer dot with 16 activations, in units of d * mult.
+static inline int mpq2s_word_dot(uint32_t q, int zero, const int8_t * a) {
+    int s = 0;
+    for (int i = 0; i < 16; ++i) {
+        s += (MPQ2_GRID_STEP * (int) ((q >> (8*(i & 3) + 2*(i >> 2))) & 3) - zero) * a[i];
+    }
+    return s;
+}
+
+// One block: the four Q8_0 blocks' integer sums (two words each), then one float sum in a fixed order.
+static inline float mpq2s_block_dot(uint32_t hdr, const uint32_t * qs, size_t qs_stride, const int8_t * const a[4],
+                                    const float dy[4]) {
+    int sumi[4] = { 0, 0, 0, 0 };
+    for (int w = 0; w < MPQ2S_WORDS; ++w) {
+        const int g = (int) (hdr >> (MPQ2S_GRID_BITS*w)) & 7;
+        sumi[w/2] += mpq2s_grid_mult[g] * mpq2s_word_dot(qs[w*qs_stride], mpq2s_grid_zero[g], a[w/2] + (w & 1)*16);
+    }
+    const float dx = mpq2_d_from_code((uint8_t) (hdr >> 24));
+    return dx * (((dy[0] * (float) sumi[0] + dy[1] * (float) sumi[1]) + dy[2] * (float) sumi[2]) + dy[3] * (float) sumi[3]);
+}
+
+void ggml_vec_dot_mpq2s_q8_0_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
+                                     const void * GGML_RESTRICT vy, size_t by, int nrc) {
+    assert(n % QK_MPQ2S == 0);
+    assert(nrc == 1);
+    GGML_UNUSED(nrc); GGML_UNUSED(bx); GGML_UNUSED(by); GGML_UNUSED(bs);
+    const block_mpq2s * GGML_RESTRICT x = (const block_mpq2s *) vx;
+    const block_q8_0  * GGML_RESTRICT y = (const block_q8_0 *) vy;
+    float sumf = 0.0f;
+    for (int ib = 0; ib < n / QK_MPQ2S; ++ib) {
+        const int8_t * a[4];
+        float dy[4];
+        for (int j = 0; j < 4; ++j) {
+            a[j]  = y[4*ib + j].qs;
+            dy[j] = GGML_CPU_FP16_TO_FP32(y[4*ib + j].d);
+        }
+        sumf += mpq2s_block_dot(x[ib].hdr, x[ib].qs, 1, a, dy);
+    }
+    *s = sumf;
+}
+
+// Rows 16g..16g+15 of src (nrows x n weights, nrows a multiple of 16) into group g of dst.
+void ggml_mpq2s_repack_x16(block_mpq2sx16 * dst, const block_mpq2s * src, int64_t nrows, int64_t n) {
+    assert(nrows % 16 == 0 && n % QK_MPQ2S == 0);
+    const int64_t nb = n / QK_MPQ2S;
+    for (int64_t g = 0; g < nrows / 16; ++g) {
+        for (int64_t ib = 0; ib < nb; ++ib) {
+            block_mpq2sx16 * d = dst + g*nb + ib;
+            for (int r = 0; r < 16; ++r) {
+                const block_mpq2s * b = src + (g*16 + r)*nb + ib;
+                d->hdr[r] = b->hdr;
+                for (int w = 0; w < MPQ2S_WORDS; ++w) d->qs[w][r] = b->qs[w];
+            }
+        }
+    }
+}
+
+// The same integers and float order as ggml_vec_dot_mpq2s_q8_0_generic, from the repacked layout:
+// s[c*bs + 16g + r] = row 16g + r . column c.
+void ggml_mpq2sx16_mul_generic(int n, float * s, size_t bs, const block_mpq2sx16 * x, int64_t ngroups,
+                               const mpq2_act * y, int ncols) {
+    assert(n % QK_MPQ2S == 0);
+    const int nb = n / QK_MPQ2S;
+    for (int64_t g = 0; g < ngroups; ++g) {
+        for (int c = 0; c < ncols; ++c) {
+            for (int r = 0; r < 16; ++r) {
+                float sumf = 0.0f;
+                for (int ib = 0; ib < nb; ++ib) {
+                    const block_mpq2sx16 * xb = x + g*nb + ib;
+                    const int8_t * a[4] = { y[c].q[4*ib].qs, y[c].q[4*ib + 1].qs, y[c].q[4*ib + 2].qs, y[c].q[4*ib + 3].qs };
+                    sumf += mpq2s_block_dot(xb->hdr[r], &xb->qs[0][r], 16, a, y[c].dy + 4*ib);
+                }
+                s[c*bs + g*16 + r] = sumf;
+            }
+        }
+    }
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+
+// As MPQ2's AVX-512 kernel (arch/x86/mpq2-repack.c), lane r = row r: per word, the 2-bit codes
+// as 4 byte vectors, 4 vpdpbusd from (A << 16 | 0x8000), one xor leaves the int16 pair (S, A), and
+// one vpmaddwd with the lane's (16 m, -z m) gives m (16 S - z A). MPQ2S's pair comes from an
+// 8-entry table (16 lanes: entries 8..15 repeat 0..7, so index bit 3 needs no mask).
+#if defined(__AVX512VNNI__)
+#define MPQ2S_DOT(acc, u, a)      _mm512_dpbusd_epi32((acc), (u), (a))
+#define MPQ2S_MADD_ACC(acc, p, q) _mm512_dpwssd_epi32((acc), (p), (q))
+#else
+#define MPQ2S_DOT(acc, u, a)      _mm512_add_epi32((acc), _mm512_madd_epi16(_mm512_maddubs_epi16((u), (a)), _mm512_set1_epi16(1)))
+#define MPQ2S_MADD_ACC(acc, p, q) _mm512_add_epi32((acc), _mm512_madd_epi16((p), (q)))
+#endif
+
+static inline __attribute__((always_inline)) __m512i mpq2s_codes(__m512i q, int s) {
+#if defined(__GFNI__)
+    const uint64_t sel = (uint64_t) (1u << (2*s)) << 56 | (uint64_t) (2u << (2*s)) << 48;
+    return _mm512_gf2p8affine_epi64_epi8(q, _mm512_set1_epi64((long long) sel), 0);
+#else
+    return _mm512_and_si512(_mm512_srli_epi32(q, (unsigned) (2*s)), _mm512_set1_epi8(3));
+#endif
+}
+
+static inline __attribute__((always_inline)) void mpq2s_x16_group(int nb, float * s, size_t bs, const block_mpq2sx16 * xg,
+                                                                const mpq2_act * y, const int nc, __m512i pt) {
+    __m512 acc[8];
+    for (int c = 0; c < nc; ++c) acc[c] = _mm512_setzero_ps();
+    for (int ib = 0; ib < nb; ++ib) {
+        const block_mpq2sx16 * xb = xg + ib;
+        const __m512i hdr = _mm512_loadu_si512(xb->hdr);
+        const __m512 dx = _mm512_castsi512_ps(_mm512_add_epi32(
+            _mm512_and_si512(_mm512_srli_epi32(hdr, 3), _mm512_set1_epi32(0x1FE00000)), _mm512_set1_epi32(87 << 23)));
+        for (int h = 0; h < 4; ++h) {
+            __m512i u[8];
+            for (int c = 0; c < nc; ++c) u[c] = _mm512_setzero_si512();
+            for (int w = 2*h; w < 2*h + 2; ++w) {
+                const __m512i q    = _mm512_loadu_si512(xb->qs[w]);
+                const __m512i pair = _mm512_permutexvar_epi32(_mm512_srli_epi32(hdr, (unsigned) (MPQ2S_GRID_BITS*w)), pt);
+                __m512i cs[4];
+                for (int k = 0; k < 4; ++k) cs[k] = mpq2s_codes(q, k);
+                for (int c = 0; c < nc; ++c) {
+                    __m512i t = _mm512_set1_epi32(y[c].ahi[8*ib + w]);
+                    for (int k = 0; k < 4; ++k) {
+                        int32_t a4;
+                        memcpy(&a4, y[c].q[4*ib + h].qs + (w & 1)*16 + 4*k, sizeof(a4));
+                        t = MPQ2S_DOT(t, cs[k], _mm512_set1_epi32(a4));
+                    }
+                    u[c] = MPQ2S_MADD_ACC(u[c], _mm512_xor_si512(t, _mm512_set1_epi32(0x8000)), pair);
+                }
+            }
+            for (int c = 0; c < nc; ++c) {
+                acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(u[c]), _mm512_mul_ps(dx, _mm512_set1_ps(y[c].dy[4*ib + h])), acc[c]);
+            }
+        }
+    }
+    for (int c = 0; c < nc; ++c) _mm512_storeu_ps(s + c*bs, acc[c]);
+}
+
+static void mpq2s_x16_mul_avx512(int n, float * s, size_t bs, const block_mpq2sx16 * x, int64_t ngroups,
+                                 const mpq2_act * y, int ncols) {
+    assert(n % QK_MPQ2S == 0);
+    const int nb = n / QK_MPQ2S;
+    int32_t pairs[16];
+    for (int i = 0; i < 16; ++i) {
+        const int m = mpq2s_grid_mult[i & 7], z = mpq2s_grid_zero[i & 7];
+        pairs[i] = (int32_t) ((uint32_t) (uint16_t) (MPQ2_GRID_STEP*m) | (uint32_t) (uint16_t) (-z*m) << 16);
+    }
+    const __m512i pt = _mm512_loadu_si512(pairs);
+    for (int64_t g = 0; g < ngroups; ++g) {
+        const block_mpq2sx16 * xg = x + g*nb;
+        float * sg = s + g*16;
+        int c = 0;
+        for (; c + 8 <= ncols; c += 8) mpq2s_x16_group(nb, sg + c*bs, bs, xg, y + c, 8, pt);
+        if (c + 4 <= ncols) { mpq2s_x16_group(nb, sg + c*bs, bs, xg, y + c, 4, pt); c += 4; }
+        if (c + 2 <= ncols) { mpq2s_x16_group(nb, sg + c*bs, bs, xg, y + c, 2, pt); c += 2; }
+        if (c < ncols) mpq2s_x16_group(nb, sg + c*bs, bs, xg, y + c, 1, pt);
+    }
+}
+#define MPQ2S_X16_SIMD mpq2s_x16_mul_avx512
+#endif
+
+void ggml_mpq2sx16_mul(int n, float * s, size_t bs, const block_mpq2sx16 * x, int64_t ngroups,
+                       const mpq2_act * y, int ncols) {
+#if defined(MPQ2S_X16_SIMD)
+    MPQ2S_X16_SIMD(n, s, bs, x, ngroups, y, ncols);
+#else
+    ggml_mpq2sx16_mul_generic(n, s, bs, x, ngroups, y, ncols);
+#endif
+}
+
+const char * ggml_mpq2sx16_impl(void) {
+#if defined(MPQ2S_X16_SIMD)
+    return "avx512";
+#else
+    return "generic";
+#endif
+}
