@@ -441,12 +441,14 @@ def test_the_hessian_is_factorized_once_per_configuration(monkeypatch):
     assert np.array_equal(q.fasterquant(W, QuantConfig()).packed, fresh.fasterquant(W, QuantConfig()).packed)
 
 
-@pytest.mark.parametrize("n,base", [(1, 64), (7, 64), (64, 64), (300, 64), (777, 64), (100, 16), (64, 8)])
+@pytest.mark.parametrize("n,base,chunk", [(1, 64, 1024), (7, 64, 1024), (64, 64, 1024), (300, 64, 1024), (777, 64, 1024),
+                                          (777, 64, 50), (100, 16, 7), (64, 8, 1024)])
 @pytest.mark.parametrize("column_major", [False, True])
-def test_inverse_cholesky_is_the_cholesky_factor_of_the_inverse(n, base, column_major):
+def test_inverse_cholesky_is_the_cholesky_factor_of_the_inverse(n, base, chunk, column_major, monkeypatch):
     """GPTQ's U (upper, U^T U = H^-1) by one Cholesky of the reversed H and a triangular inverse
     (by halves down to `base` columns) equals the textbook chol(cholesky_inverse(chol(H)))."""
     from mpq2 import gptq
+    monkeypatch.setattr(gptq, "INVERT_CHUNK", chunk)      # solves in row and column chunks of this size
     g = torch.Generator().manual_seed(n)
     x = torch.randn(2 * n + 3, n, generator=g, dtype=torch.float64) * torch.rand(n, generator=g, dtype=torch.float64) * 3
     H = x.T @ x + 0.01 * torch.eye(n, dtype=torch.float64)

@@ -30,6 +30,7 @@ ERROR_MAX_ROWS = 4096  # the reported output error of a taller matrix is measure
 ERROR_WIDTH = 4096     # ... and of a wider one on fewer rows, down to
 ERROR_MIN_ROWS = 256
 GRAM_BLOCK = 256       # columns per block of add_gram's products (bench/gptq_speed.py --gram)
+INVERT_CHUNK = 1024    # rows (columns) per triangular solve of _invert_lower_
 
 
 @dataclass
@@ -435,9 +436,12 @@ def _invert_lower_(L: torch.Tensor, base: int) -> None:
     if h >= n:
         h = n // 2
     A, B, C = L[:h, :h], L[h:, :h], L[h:, h:]
-    Y = torch.linalg.solve_triangular(A, B, upper=False, left=False)        # B A^-1
-    B.copy_(torch.linalg.solve_triangular(C, Y, upper=False).neg_())       # -C^-1 B A^-1
-    del Y
+    for r in range(0, B.shape[0], INVERT_CHUNK):      # B A^-1, rows apart: temporaries of a chunk,
+        rows = B[r:r + INVERT_CHUNK]                  # not of B (ffn_down's B is 411 MB in float64)
+        rows.copy_(torch.linalg.solve_triangular(A, rows, upper=False, left=False))
+    for c in range(0, B.shape[1], INVERT_CHUNK):      # -C^-1 (B A^-1), columns apart
+        cols = B[:, c:c + INVERT_CHUNK]
+        cols.copy_(torch.linalg.solve_triangular(C, cols, upper=False).neg_())
     _invert_lower_(A, base)
     _invert_lower_(C, base)
     L[:h, h:].zero_()
