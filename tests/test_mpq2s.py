@@ -232,7 +232,9 @@ def x86_flags() -> set[str]:
 KERNEL_BUILDS = {
     "native": (["-march=native"], None),
     "avx512 without vnni or gfni": (["-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-mf16c"], "avx512"),
-    "avx2 (scalar x16)": (["-mavx2", "-mfma", "-mf16c"], "generic"),
+    "avx2": (["-mavx2", "-mfma", "-mf16c"], "avx2"),
+    "avx2 + avx-vnni + gfni": (["-mavx2", "-mfma", "-mf16c", "-mavxvnni", "-mgfni"], "avx2"),
+    "sse4.2 (scalar x16)": (["-msse4.2"], "generic"),
     "native, asan + ubsan": (["-march=native", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"], None),
 }
 
@@ -245,6 +247,8 @@ def test_kernels_match_the_exact_sum(name, tmp_path):
     flags, impl = KERNEL_BUILDS[name]
     if "avx512" in " ".join(flags) and "avx512bw" not in x86_flags():
         pytest.skip("this CPU has no AVX-512")
+    if "-mavxvnni" in flags and "avx_vnni" not in x86_flags():
+        pytest.skip("this CPU has no AVX-VNNI")
     ggml, lib, exe = src_dir() / "ggml", lib_dir(), tmp_path / "check"
     cmd = ["cc", "-O2", "-std=gnu11", "-Wall", "-Wno-unused-function", "-ffp-contract=off", *flags,
            f"-I{ggml}/include", f"-I{ggml}/src", f"-I{ggml}/src/ggml-cpu", f"-I{ROOT}/ggml_ext/include",

@@ -1,5 +1,5 @@
 // MPQ2S in the CPU backend: the scalar dot product against Q8_0R, the 16-row repacking and its
-// kernels (scalar reference, AVX-512). Not registered with ggml yet (docs/FORMAT.md, "MPQ2S"):
+// kernels (scalar reference, AVX-512, AVX2). Not registered with ggml yet (docs/FORMAT.md, "MPQ2S"):
 // tests/simd/mpq2s_kernel_check.c compiles it standalone, as tests/simd/ does for MPQ2.
 #define GGML_COMMON_DECL_C
 #include "ggml-common.h"
@@ -170,6 +170,93 @@ static void mpq2s_x16_mul_avx512(int n, float * s, size_t bs, const block_mpq2sx
     }
 }
 #define MPQ2S_X16_SIMD mpq2s_x16_mul_avx512
+#define MPQ2S_X16_SIMD_NAME "avx512"
+
+#elif defined(__AVX2__)
+#include <immintrin.h>
+
+// AVX2: the same scheme on 8 lanes, a group's 16 rows in two passes of 8. The grid's (16 m, -z m)
+// pair is one vpermd of an 8-entry table (vpermd reads index bits 0..2 only): where MPQ2's AVX2
+// kernel needs two lookups and a vpmulld per word, MPQ2S needs one lookup.
+#if defined(__AVXVNNI__)
+#define MPQ2S_DOT8(acc, u, a) _mm256_dpbusd_avx_epi32((acc), (u), (a))
+#elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define MPQ2S_DOT8(acc, u, a) _mm256_dpbusd_epi32((acc), (u), (a))
+#else
+#define MPQ2S_DOT8(acc, u, a) _mm256_add_epi32((acc), _mm256_madd_epi16(_mm256_maddubs_epi16((u), (a)), _mm256_set1_epi16(1)))
+#endif
+
+static inline __attribute__((always_inline)) __m256i mpq2s_codes8(__m256i q, int s) {
+#if defined(__GFNI__)
+    const uint64_t sel = (uint64_t) (1u << (2*s)) << 56 | (uint64_t) (2u << (2*s)) << 48;
+    return _mm256_gf2p8affine_epi64_epi8(q, _mm256_set1_epi64x((long long) sel), 0);
+#else
+    return _mm256_and_si256(_mm256_srli_epi32(q, 2*s), _mm256_set1_epi8(3));
+#endif
+}
+
+// 8 rows (half `half` of a group) times nc (1 or 2) columns.
+static inline __attribute__((always_inline)) void mpq2s_x16_half(int nb, float * s, size_t bs, const block_mpq2sx16 * xg,
+                                                               int half, const mpq2_act * y, const int nc, __m256i pt) {
+    __m256 acc[2];
+    for (int c = 0; c < nc; ++c) acc[c] = _mm256_setzero_ps();
+    for (int ib = 0; ib < nb; ++ib) {
+        const block_mpq2sx16 * xb = xg + ib;
+        const __m256i hdr = _mm256_loadu_si256((const __m256i *) (xb->hdr + 8*half));
+        const __m256 dx = _mm256_castsi256_ps(_mm256_add_epi32(
+            _mm256_and_si256(_mm256_srli_epi32(hdr, 3), _mm256_set1_epi32(0x1FE00000)), _mm256_set1_epi32(87 << 23)));
+        for (int h = 0; h < 4; ++h) {
+            __m256i u[2] = { _mm256_setzero_si256(), _mm256_setzero_si256() };
+            for (int w = 2*h; w < 2*h + 2; ++w) {
+                const __m256i q    = _mm256_loadu_si256((const __m256i *) (xb->qs[w] + 8*half));
+                const __m256i pair = _mm256_permutevar8x32_epi32(pt, _mm256_srli_epi32(hdr, MPQ2S_GRID_BITS*w));
+                __m256i cs[4];
+                for (int k = 0; k < 4; ++k) cs[k] = mpq2s_codes8(q, k);
+                for (int c = 0; c < nc; ++c) {
+                    __m256i t = _mm256_set1_epi32(y[c].ahi[8*ib + w]);
+                    for (int k = 0; k < 4; ++k) {
+                        int32_t a4;
+                        memcpy(&a4, y[c].q[4*ib + h].qs + (w & 1)*16 + 4*k, sizeof(a4));
+                        t = MPQ2S_DOT8(t, cs[k], _mm256_set1_epi32(a4));
+                    }
+                    u[c] = _mm256_add_epi32(u[c], _mm256_madd_epi16(_mm256_xor_si256(t, _mm256_set1_epi32(0x8000)), pair));
+                }
+            }
+            for (int c = 0; c < nc; ++c) {
+                const __m256 sc = _mm256_mul_ps(dx, _mm256_set1_ps(y[c].dy[4*ib + h]));
+#if defined(__FMA__)
+                acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(u[c]), sc, acc[c]);
+#else
+                acc[c] = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(u[c]), sc), acc[c]);
+#endif
+            }
+        }
+    }
+    for (int c = 0; c < nc; ++c) _mm256_storeu_ps(s + c*bs + 8*half, acc[c]);
+}
+
+static void mpq2s_x16_mul_avx2(int n, float * s, size_t bs, const block_mpq2sx16 * x, int64_t ngroups,
+                               const mpq2_act * y, int ncols) {
+    assert(n % QK_MPQ2S == 0);
+    const int nb = n / QK_MPQ2S;
+    int32_t pairs[8];
+    for (int i = 0; i < 8; ++i) {
+        const int m = mpq2s_grid_mult[i], z = mpq2s_grid_zero[i];
+        pairs[i] = (int32_t) ((uint32_t) (uint16_t) (MPQ2_GRID_STEP*m) | (uint32_t) (uint16_t) (-z*m) << 16);
+    }
+    const __m256i pt = _mm256_loadu_si256((const __m256i *) pairs);
+    for (int64_t g = 0; g < ngroups; ++g) {
+        const block_mpq2sx16 * xg = x + g*nb;
+        float * sg = s + g*16;
+        for (int half = 0; half < 2; ++half) {
+            int c = 0;
+            for (; c + 2 <= ncols; c += 2) mpq2s_x16_half(nb, sg + c*bs, bs, xg, half, y + c, 2, pt);
+            if (c < ncols) mpq2s_x16_half(nb, sg + c*bs, bs, xg, half, y + c, 1, pt);
+        }
+    }
+}
+#define MPQ2S_X16_SIMD mpq2s_x16_mul_avx2
+#define MPQ2S_X16_SIMD_NAME "avx2"
 #endif
 
 void ggml_mpq2sx16_mul(int n, float * s, size_t bs, const block_mpq2sx16 * x, int64_t ngroups,
@@ -183,7 +270,7 @@ void ggml_mpq2sx16_mul(int n, float * s, size_t bs, const block_mpq2sx16 * x, in
 
 const char * ggml_mpq2sx16_impl(void) {
 #if defined(MPQ2S_X16_SIMD)
-    return "avx512";
+    return MPQ2S_X16_SIMD_NAME;
 #else
     return "generic";
 #endif
