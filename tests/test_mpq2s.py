@@ -261,3 +261,26 @@ def test_kernels_match_the_exact_sum(name, tmp_path):
     if impl:
         assert f"kernel {impl}:" in out.stdout, out.stdout
     assert " 42240 cases" in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize("arch,impl", [("armv8.2-a+dotprod", "neon_dotprod"), ("armv8-a", "neon")])
+def test_neon_kernels_match_the_exact_sum_under_qemu(arch, impl, tmp_path):
+    """The same check for AArch64, cross-built and run under qemu-user (the Debian packages
+    gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user, which CI installs: a missing tool fails)."""
+    from llama_cpp_build import src_dir
+    cross, qemu = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
+    assert cross and qemu, "install gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user"
+    ggml, exe = src_dir() / "ggml", tmp_path / "check"
+    # no aarch64 libggml-base to link: the encoder's functions (and their call of MPQ2R's
+    # rotation) are dropped by --gc-sections, the kernels need only the grid tables
+    sources = [ROOT / "tests/simd/mpq2s_kernel_check.c", ROOT / "ggml_ext/src/ggml-cpu-mpq2s.c",
+               ROOT / "ggml_ext/src/ggml-cpu-mpq2-repack.c", ROOT / "ggml_ext/src/ggml-mpq2.c", SRC]
+    cmd = [cross, "-O2", "-std=gnu11", "-Wall", "-Wno-unused-function", "-ffp-contract=off", f"-march={arch}",
+           "-ffunction-sections", "-fdata-sections", "-Wl,--gc-sections", f"-I{ggml}/include", f"-I{ggml}/src",
+           f"-I{ggml}/src/ggml-cpu", f"-I{ROOT}/ggml_ext/include", f"-I{ROOT}/ggml_ext/src", *map(str, sources),
+           "-lm", "-o", str(exe)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = subprocess.run([qemu, "-L", "/usr/aarch64-linux-gnu", str(exe)], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+    assert f"kernel {impl}:" in out.stdout and " 42240 cases" in out.stdout, out.stdout

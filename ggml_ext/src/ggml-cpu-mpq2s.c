@@ -1,5 +1,5 @@
 // MPQ2S in the CPU backend: the scalar dot product against Q8_0R, the 16-row repacking and its
-// kernels (scalar reference, AVX-512, AVX2). Not registered with ggml yet (docs/FORMAT.md, "MPQ2S"):
+// kernels (scalar reference, AVX-512, AVX2, NEON). Not registered with ggml yet (docs/FORMAT.md, "MPQ2S"):
 // tests/simd/mpq2s_kernel_check.c compiles it standalone, as tests/simd/ does for MPQ2.
 #define GGML_COMMON_DECL_C
 #include "ggml-common.h"
@@ -257,6 +257,126 @@ static void mpq2s_x16_mul_avx2(int n, float * s, size_t bs, const block_mpq2sx16
 }
 #define MPQ2S_X16_SIMD mpq2s_x16_mul_avx2
 #define MPQ2S_X16_SIMD_NAME "avx2"
+
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+#include <arm_neon.h>
+
+// AArch64 NEON, as MPQ2's NEON 16-row kernel (arch/arm/mpq2-repack.c): a quad of 4 rows per
+// 128-bit vector; per word, 4 sdot by element (smull/smlal without dotprod) give S = sum c a per
+// row, and the exact m (16 S - z A) / 8 = 2m S - (z/8) m A comes from 2m and (z/8) m, each one
+// tbl of a 16-byte table by the lane's grid index (z is 16, 24 or 32: z/8 is exact); the 8 goes
+// into the block scale. No int8 words, so no second pass.
+typedef struct { uint8x16_t m2, zm; } mpq2s_neon_tabs;
+
+static inline __attribute__((always_inline)) int32x4_t mpq2s_neon_dot4(int32x4_t acc, const int8x16_t * c, int8x16_t a) {
+#if defined(__ARM_FEATURE_DOTPROD)
+    acc = vdotq_laneq_s32(acc, c[0], a, 0);
+    acc = vdotq_laneq_s32(acc, c[1], a, 1);
+    acc = vdotq_laneq_s32(acc, c[2], a, 2);
+    return vdotq_laneq_s32(acc, c[3], a, 3);
+#else   // the codes are 0..3: the four products of a lane add up in int16
+    const int32x4_t a32 = vreinterpretq_s32_s8(a);
+    int16x8_t lo = vdupq_n_s16(0), hi = vdupq_n_s16(0);
+    int8x16_t b;
+#define MPQ2S_NEON_MLAL(k) \
+    b  = vreinterpretq_s8_s32(vdupq_laneq_s32(a32, k)); \
+    lo = vmlal_s8(lo, vget_low_s8(c[k]), vget_low_s8(b)); \
+    hi = vmlal_high_s8(hi, c[k], b);
+    MPQ2S_NEON_MLAL(0) MPQ2S_NEON_MLAL(1) MPQ2S_NEON_MLAL(2) MPQ2S_NEON_MLAL(3)
+#undef MPQ2S_NEON_MLAL
+    return vpadalq_s16(acc, vpaddq_s16(lo, hi));
+#endif
+}
+
+// Rows 4 qd .. 4 qd + 3 of a group times NC (1..4) columns.
+static inline __attribute__((always_inline)) void mpq2s_x16_neon_tile(int nb, float * s, size_t bs, const block_mpq2sx16 * xg,
+                                                                    int qd, const mpq2_act * y, const int NC,
+                                                                    const mpq2s_neon_tabs * tabs) {
+    float32x4_t acc[4];
+    for (int c = 0; c < NC; ++c) acc[c] = vdupq_n_f32(0.0f);
+    const uint8x16_t three = vdupq_n_u8(3);
+    for (int ib = 0; ib < nb; ++ib) {
+        const block_mpq2sx16 * xb = xg + ib;
+        const uint32x4_t hdr = vld1q_u32(xb->hdr + 4*qd);
+        int32x4_t av[4][2], u[4][4];
+        float32x4_t dy[4];
+        for (int c = 0; c < NC; ++c) {
+            av[c][0] = vshrq_n_s32(vld1q_s32(y[c].ahi + 8*ib), 16);       // ahi = A << 16 | 0x8000
+            av[c][1] = vshrq_n_s32(vld1q_s32(y[c].ahi + 8*ib + 4), 16);
+            dy[c] = vld1q_f32(y[c].dy + 4*ib);
+            u[c][0] = u[c][1] = u[c][2] = u[c][3] = vdupq_n_s32(0);
+        }
+        for (int w = 0; w < MPQ2S_WORDS; ++w) {
+            const uint32x4_t q8  = vld1q_u32(xb->qs[w] + 4*qd);
+            const uint8x16_t q   = vreinterpretq_u8_u32(q8);
+            const uint8x16_t idx = vreinterpretq_u8_u32(vorrq_u32(vandq_u32(vshlq_u32(hdr, vdupq_n_s32(-MPQ2S_GRID_BITS*w)),
+                                                                            vdupq_n_u32(7)), vdupq_n_u32(0xFFFFFF00u)));
+            const int32x4_t m2 = vreinterpretq_s32_u8(vqtbl1q_u8(tabs->m2, idx));   // bytes 1..3 out of range: 0
+            const int32x4_t zm = vreinterpretq_s32_u8(vqtbl1q_u8(tabs->zm, idx));
+            const int8x16_t cs[4] = { vreinterpretq_s8_u8(vandq_u8(q, three)),
+                                      vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(q, 2), three)),
+                                      vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(q, 4), three)),
+                                      vreinterpretq_s8_u8(vshrq_n_u8(q, 6)) };
+            for (int c = 0; c < NC; ++c) {
+                const int8x16_t a = vld1q_s8(y[c].q[4*ib + w/2].qs + (w & 1)*16);
+                const int32x4_t S = mpq2s_neon_dot4(vdupq_n_s32(0), cs, a);
+                int32x4_t t = vmlaq_s32(u[c][w/2], S, m2);
+                switch (w & 3) {
+                    case 0:  t = vmlsq_laneq_s32(t, zm, av[c][w/4], 0); break;
+                    case 1:  t = vmlsq_laneq_s32(t, zm, av[c][w/4], 1); break;
+                    case 2:  t = vmlsq_laneq_s32(t, zm, av[c][w/4], 2); break;
+                    default: t = vmlsq_laneq_s32(t, zm, av[c][w/4], 3); break;
+                }
+                u[c][w/2] = t;
+            }
+        }
+        // d * 8 of every lane (E6M2 in the top byte: bits (code << 21) + ((87 + 3) << 23) of a float)
+        const float32x4_t dx8 = vreinterpretq_f32_u32(vaddq_u32(vandq_u32(vshrq_n_u32(hdr, 3), vdupq_n_u32(0x1FE00000u)),
+                                                                vdupq_n_u32((87u + 3u) << 23)));
+        for (int c = 0; c < NC; ++c) {
+            float32x4_t t = vmulq_laneq_f32(vcvtq_f32_s32(u[c][0]), dy[c], 0);
+            t = vfmaq_laneq_f32(t, vcvtq_f32_s32(u[c][1]), dy[c], 1);
+            t = vfmaq_laneq_f32(t, vcvtq_f32_s32(u[c][2]), dy[c], 2);
+            t = vfmaq_laneq_f32(t, vcvtq_f32_s32(u[c][3]), dy[c], 3);
+            acc[c] = vfmaq_f32(acc[c], t, dx8);
+        }
+    }
+    for (int c = 0; c < NC; ++c) vst1q_f32(s + c*bs + 4*qd, acc[c]);
+}
+
+static void mpq2s_x16_mul_neon(int n, float * s, size_t bs, const block_mpq2sx16 * x, int64_t ngroups,
+                               const mpq2_act * y, int ncols) {
+    assert(n % QK_MPQ2S == 0);
+    const int nb = n / QK_MPQ2S;
+    uint8_t m2[16] = {0}, zm[16] = {0};
+    for (int i = 0; i < 8; ++i) {
+        m2[i] = (uint8_t) (2*mpq2s_grid_mult[i]);
+        zm[i] = (uint8_t) (mpq2s_grid_zero[i] / 8 * mpq2s_grid_mult[i]);
+    }
+    const mpq2s_neon_tabs tabs = { vld1q_u8(m2), vld1q_u8(zm) };
+    for (int64_t g = 0; g < ngroups; ++g) {
+        const block_mpq2sx16 * xg = x + g*nb;
+        float * sg = s + g*16;
+        for (int c = 0; c < ncols; ) {
+            const int nc = ncols - c >= 4 ? 4 : ncols - c;
+            for (int qd = 0; qd < 4; ++qd) {
+                switch (nc) {
+                    case 4:  mpq2s_x16_neon_tile(nb, sg + c*bs, bs, xg, qd, y + c, 4, &tabs); break;
+                    case 3:  mpq2s_x16_neon_tile(nb, sg + c*bs, bs, xg, qd, y + c, 3, &tabs); break;
+                    case 2:  mpq2s_x16_neon_tile(nb, sg + c*bs, bs, xg, qd, y + c, 2, &tabs); break;
+                    default: mpq2s_x16_neon_tile(nb, sg + c*bs, bs, xg, qd, y + c, 1, &tabs); break;
+                }
+            }
+            c += nc;
+        }
+    }
+}
+#define MPQ2S_X16_SIMD mpq2s_x16_mul_neon
+#if defined(__ARM_FEATURE_DOTPROD)
+#define MPQ2S_X16_SIMD_NAME "neon_dotprod"
+#else
+#define MPQ2S_X16_SIMD_NAME "neon"
+#endif
 #endif
 
 void ggml_mpq2sx16_mul(int n, float * s, size_t bs, const block_mpq2sx16 * x, int64_t ngroups,

@@ -1,12 +1,10 @@
 // Standalone check of MPQ2S's CPU kernels (ggml_ext/src/ggml-cpu-mpq2s.c) without building
-// llama.cpp: the scalar row dot product and the 16-row repacked kernel (AVX-512 where built so,
-// else its scalar reference) against an exact float64 sum, and the scalar x16 reference against
-// the scalar row dot bit for bit. Driven by tests/test_mpq2s.py; by hand:
-//
-//   L=build/llama.cpp-src/ggml
-//   cc -O2 -march=native -ffp-contract=off -I$L/include -I$L/src -I$L/src/ggml-cpu -Iggml_ext/include -Iggml_ext/src \
-//      tests/simd/mpq2s_kernel_check.c ggml_ext/src/ggml-cpu-mpq2s.c ggml_ext/src/ggml-cpu-mpq2-repack.c \
-//      ggml_ext/src/ggml-mpq2.c ggml_ext/src/ggml-mpq2s.c -lm -o check && ./check
+// llama.cpp: the scalar row dot product and the 16-row repacked kernel (the target's: AVX-512,
+// AVX2 or NEON, else its scalar reference) against an exact float64 sum, and the scalar x16 reference against
+// the scalar row dot bit for bit. Driven by tests/test_mpq2s.py, which has the build lines:
+// x86 links the built libggml-base (MPQ2R's rotation, for ggml-mpq2s.c's encoder); AArch64, with
+// no such library, drops the encoder with -ffunction-sections -Wl,--gc-sections and runs under
+// qemu-aarch64.
 #include "mpq2_support.h"
 #include "ggml-cpu-mpq2-repack.h"
 #include "ggml-mpq2s.h"
