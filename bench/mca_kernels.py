@@ -70,6 +70,7 @@ ARM_KERNELS = [
     ("MPQ2 repacked gemv (16 rows, 1 column)", "ext:ggml-cpu-mpq2-repack.c", "c", "ggml_mpq2x16_mul", r"\bsdot\b", 0, 1, 256, 1, 20),
     ("MPQ2 repacked, 4 columns (prompts)", "ext:ggml-cpu-mpq2-repack.c", "c", "mpq2_x16_neon_gemm", r"\bsdot\b", 0, 1, 256, 4, 20),
     ("MPQ2 row-wise vec_dot", "wrapper", "c", "mca_mpq2_rowwise_2bit", r"\bsdot\b", 0, 1, 64, 1, 20),
+    ("MPQ2S repacked gemv (16 rows, 1 column; 2.25 bpw)", "ext:ggml-cpu-mpq2s.c", "c", "mpq2s_x16_neon_gemv", r"\bsdot\b", 0, 1, 512, 1, 18),
     ("llama.cpp Q2_K vec_dot", "llama:ggml/src/ggml-cpu/arch/arm/quants.c", "c", "ggml_vec_dot_q2_K_q8_K", r"\bsdot\b", 0, 1, 256, 1, 21),
     ("llama.cpp IQ2_XS vec_dot", "llama:ggml/src/ggml-cpu/arch/arm/quants.c", "c", "ggml_vec_dot_iq2_xs_q8_K", r"\bsdot\b", 1, 4, 256, 1, 18.5),
     ("llama.cpp Q4_0 repacked gemv (4x4)", "llama:ggml/src/ggml-cpu/arch/arm/repack.cpp", "c++", "ggml_gemv_q4_0_4x4_q8_0", r"\bsdot\b", 0, 1, 128, 1, 36),
@@ -77,6 +78,7 @@ ARM_KERNELS = [
 
 X86_KERNELS = [
     ("MPQ2 repacked gemv, AVX2 (8 rows a pass)", "ext:ggml-cpu-mpq2-repack.c", "c", "ggml_mpq2x16_mul", r"\bvpmaddubsw\b", 0, 1, 512, 1, 20),
+    ("MPQ2S repacked gemv, AVX2 (8 rows a pass; 2.25 bpw)", "ext:ggml-cpu-mpq2s.c", "c", "ggml_mpq2sx16_mul", r"\bvpmaddubsw\b", 0, 1, 1024, 1, 18),
     ("llama.cpp Q2_K vec_dot, AVX2", "llama:ggml/src/ggml-cpu/arch/x86/quants.c", "c", "ggml_vec_dot_q2_K_q8_K", r"\bvpmaddubsw\b", 0, 1, 256, 1, 21),
 ]
 

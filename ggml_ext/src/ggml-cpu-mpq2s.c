@@ -288,7 +288,9 @@ static inline __attribute__((always_inline)) int32x4_t mpq2s_neon_dot4(int32x4_t
 #endif
 }
 
-// Rows 4 qd .. 4 qd + 3 of a group times NC (1..4) columns.
+// Rows 4 qd .. 4 qd + 3 of a group times NC (1..4) columns. A block's quarters (one Q8_0 block,
+// two words each) go to float one at a time, so only one quarter's integer sums are live: with
+// all four (and 4 columns) the 32 registers spilled (bench/mca_kernels.py).
 static inline __attribute__((always_inline)) void mpq2s_x16_neon_tile(int nb, float * s, size_t bs, const block_mpq2sx16 * xg,
                                                                     int qd, const mpq2_act * y, const int NC,
                                                                     const mpq2s_neon_tabs * tabs) {
@@ -298,50 +300,79 @@ static inline __attribute__((always_inline)) void mpq2s_x16_neon_tile(int nb, fl
     for (int ib = 0; ib < nb; ++ib) {
         const block_mpq2sx16 * xb = xg + ib;
         const uint32x4_t hdr = vld1q_u32(xb->hdr + 4*qd);
-        int32x4_t av[4][2], u[4][4];
-        float32x4_t dy[4];
+        float32x4_t t[4];
+        int32x4_t av[4][2];   // the 8 words' activation sums A of each column
         for (int c = 0; c < NC; ++c) {
             av[c][0] = vshrq_n_s32(vld1q_s32(y[c].ahi + 8*ib), 16);       // ahi = A << 16 | 0x8000
             av[c][1] = vshrq_n_s32(vld1q_s32(y[c].ahi + 8*ib + 4), 16);
-            dy[c] = vld1q_f32(y[c].dy + 4*ib);
-            u[c][0] = u[c][1] = u[c][2] = u[c][3] = vdupq_n_s32(0);
         }
-        for (int w = 0; w < MPQ2S_WORDS; ++w) {
-            const uint32x4_t q8  = vld1q_u32(xb->qs[w] + 4*qd);
-            const uint8x16_t q   = vreinterpretq_u8_u32(q8);
-            const uint8x16_t idx = vreinterpretq_u8_u32(vorrq_u32(vandq_u32(vshlq_u32(hdr, vdupq_n_s32(-MPQ2S_GRID_BITS*w)),
-                                                                            vdupq_n_u32(7)), vdupq_n_u32(0xFFFFFF00u)));
-            const int32x4_t m2 = vreinterpretq_s32_u8(vqtbl1q_u8(tabs->m2, idx));   // bytes 1..3 out of range: 0
-            const int32x4_t zm = vreinterpretq_s32_u8(vqtbl1q_u8(tabs->zm, idx));
-            const int8x16_t cs[4] = { vreinterpretq_s8_u8(vandq_u8(q, three)),
-                                      vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(q, 2), three)),
-                                      vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(q, 4), three)),
-                                      vreinterpretq_s8_u8(vshrq_n_u8(q, 6)) };
-            for (int c = 0; c < NC; ++c) {
-                const int8x16_t a = vld1q_s8(y[c].q[4*ib + w/2].qs + (w & 1)*16);
-                const int32x4_t S = mpq2s_neon_dot4(vdupq_n_s32(0), cs, a);
-                int32x4_t t = vmlaq_s32(u[c][w/2], S, m2);
-                switch (w & 3) {
-                    case 0:  t = vmlsq_laneq_s32(t, zm, av[c][w/4], 0); break;
-                    case 1:  t = vmlsq_laneq_s32(t, zm, av[c][w/4], 1); break;
-                    case 2:  t = vmlsq_laneq_s32(t, zm, av[c][w/4], 2); break;
-                    default: t = vmlsq_laneq_s32(t, zm, av[c][w/4], 3); break;
+#if defined(__clang__)
+#pragma clang loop unroll(full)
+#else
+#pragma GCC unroll 4
+#endif
+        for (int h = 0; h < 4; ++h) {
+            int32x4_t u[4];
+            for (int c = 0; c < NC; ++c) u[c] = vdupq_n_s32(0);
+            // unrolled whole: the lane of vmlsq_laneq_s32 must be a constant
+#if defined(__clang__)
+#pragma clang loop unroll(full)
+#else
+#pragma GCC unroll 2
+#endif
+            for (int w = 2*h; w < 2*h + 2; ++w) {
+                const uint8x16_t q   = vreinterpretq_u8_u32(vld1q_u32(xb->qs[w] + 4*qd));
+                const uint8x16_t idx = vreinterpretq_u8_u32(vorrq_u32(vandq_u32(vshlq_u32(hdr, vdupq_n_s32(-MPQ2S_GRID_BITS*w)),
+                                                                                vdupq_n_u32(7)), vdupq_n_u32(0xFFFFFF00u)));
+                const int32x4_t m2 = vreinterpretq_s32_u8(vqtbl1q_u8(tabs->m2, idx));   // bytes 1..3 out of range: 0
+                const int32x4_t zm = vreinterpretq_s32_u8(vqtbl1q_u8(tabs->zm, idx));
+                const int8x16_t cs[4] = { vreinterpretq_s8_u8(vandq_u8(q, three)),
+                                          vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(q, 2), three)),
+                                          vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(q, 4), three)),
+                                          vreinterpretq_s8_u8(vshrq_n_u8(q, 6)) };
+                for (int c = 0; c < NC; ++c) {
+                    const int8x16_t a = vld1q_s8(y[c].q[4*ib + h].qs + (w & 1)*16);
+                    const int32x4_t S = mpq2s_neon_dot4(vdupq_n_s32(0), cs, a);
+                    int32x4_t v = vmlaq_s32(u[c], S, m2);                   // m (16 S - z A) / 8
+                    switch (w & 3) {
+                        case 0:  v = vmlsq_laneq_s32(v, zm, av[c][w/4], 0); break;
+                        case 1:  v = vmlsq_laneq_s32(v, zm, av[c][w/4], 1); break;
+                        case 2:  v = vmlsq_laneq_s32(v, zm, av[c][w/4], 2); break;
+                        default: v = vmlsq_laneq_s32(v, zm, av[c][w/4], 3); break;
+                    }
+                    u[c] = v;
                 }
-                u[c][w/2] = t;
+            }
+            for (int c = 0; c < NC; ++c) {
+                const float32x4_t f = vmulq_n_f32(vcvtq_f32_s32(u[c]), y[c].dy[4*ib + h]);
+                t[c] = h == 0 ? f : vaddq_f32(t[c], f);
             }
         }
         // d * 8 of every lane (E6M2 in the top byte: bits (code << 21) + ((87 + 3) << 23) of a float)
         const float32x4_t dx8 = vreinterpretq_f32_u32(vaddq_u32(vandq_u32(vshrq_n_u32(hdr, 3), vdupq_n_u32(0x1FE00000u)),
                                                                 vdupq_n_u32((87u + 3u) << 23)));
-        for (int c = 0; c < NC; ++c) {
-            float32x4_t t = vmulq_laneq_f32(vcvtq_f32_s32(u[c][0]), dy[c], 0);
-            t = vfmaq_laneq_f32(t, vcvtq_f32_s32(u[c][1]), dy[c], 1);
-            t = vfmaq_laneq_f32(t, vcvtq_f32_s32(u[c][2]), dy[c], 2);
-            t = vfmaq_laneq_f32(t, vcvtq_f32_s32(u[c][3]), dy[c], 3);
-            acc[c] = vfmaq_f32(acc[c], t, dx8);
-        }
+        for (int c = 0; c < NC; ++c) acc[c] = vfmaq_f32(acc[c], t[c], dx8);
     }
     for (int c = 0; c < NC; ++c) vst1q_f32(s + c*bs + 4*qd, acc[c]);
+}
+
+// One column (gemv, token generation), a quad of rows at a time; separate functions so that
+// bench/mca_kernels.py finds each loop by name.
+static __attribute__((noinline)) void mpq2s_x16_neon_gemv(int nb, float * s, size_t bs, const block_mpq2sx16 * xg,
+                                                          const mpq2_act * y, const mpq2s_neon_tabs * tabs) {
+    for (int qd = 0; qd < 4; ++qd) mpq2s_x16_neon_tile(nb, s, bs, xg, qd, y, 1, tabs);
+}
+
+// nc (2..4) columns share each decoded word (gemm, prompts).
+static __attribute__((noinline)) void mpq2s_x16_neon_gemm(int nb, float * s, size_t bs, const block_mpq2sx16 * xg,
+                                                          const mpq2_act * y, int nc, const mpq2s_neon_tabs * tabs) {
+    for (int qd = 0; qd < 4; ++qd) {
+        switch (nc) {
+            case 4:  mpq2s_x16_neon_tile(nb, s, bs, xg, qd, y, 4, tabs); break;
+            case 3:  mpq2s_x16_neon_tile(nb, s, bs, xg, qd, y, 3, tabs); break;
+            default: mpq2s_x16_neon_tile(nb, s, bs, xg, qd, y, 2, tabs); break;
+        }
+    }
 }
 
 static void mpq2s_x16_mul_neon(int n, float * s, size_t bs, const block_mpq2sx16 * x, int64_t ngroups,
@@ -357,18 +388,10 @@ static void mpq2s_x16_mul_neon(int n, float * s, size_t bs, const block_mpq2sx16
     for (int64_t g = 0; g < ngroups; ++g) {
         const block_mpq2sx16 * xg = x + g*nb;
         float * sg = s + g*16;
-        for (int c = 0; c < ncols; ) {
-            const int nc = ncols - c >= 4 ? 4 : ncols - c;
-            for (int qd = 0; qd < 4; ++qd) {
-                switch (nc) {
-                    case 4:  mpq2s_x16_neon_tile(nb, sg + c*bs, bs, xg, qd, y + c, 4, &tabs); break;
-                    case 3:  mpq2s_x16_neon_tile(nb, sg + c*bs, bs, xg, qd, y + c, 3, &tabs); break;
-                    case 2:  mpq2s_x16_neon_tile(nb, sg + c*bs, bs, xg, qd, y + c, 2, &tabs); break;
-                    default: mpq2s_x16_neon_tile(nb, sg + c*bs, bs, xg, qd, y + c, 1, &tabs); break;
-                }
-            }
-            c += nc;
-        }
+        int c = 0;
+        for (; c + 4 <= ncols; c += 4) mpq2s_x16_neon_gemm(nb, sg + c*bs, bs, xg, y + c, 4, &tabs);
+        if (c + 2 <= ncols) { mpq2s_x16_neon_gemm(nb, sg + c*bs, bs, xg, y + c, ncols - c, &tabs); c = ncols; }
+        if (c < ncols) mpq2s_x16_neon_gemv(nb, sg + c*bs, bs, xg, y + c, &tabs);
     }
 }
 #define MPQ2S_X16_SIMD mpq2s_x16_mul_neon
