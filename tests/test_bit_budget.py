@@ -196,6 +196,12 @@ def test_convert_with_a_budget(tiny, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text(tiny_llama.corpus(200, seed=5))
     assert math.isfinite(h.perplexity(out, text, 64))
+    # below the all-MPQ2R file: the 2.25-bit tier (MPQ2S) takes the least sensitive weights
+    low = tmp_path / "low.gguf"
+    proc = h.convert(tiny, "-o", low, *args, "--bpw", f"{base_bpw - 0.1:.3f}")
+    got, types = _file_bpw(low)
+    assert got <= (base_bpw - 0.1) * 1.0001 and "MPQ2S" in types.values(), (got, types)
+    assert math.isfinite(h.perplexity(low, text, 64))
 
 
 def test_budget_below_the_smallest_file_fails_cleanly(tiny, tmp_path):

@@ -98,11 +98,31 @@ def test_mpq2_types_and_summary(tiny_p):
     assert row.split()[1] == "mpq2" and float(row.split()[-1]) < 0.5
 
 
-@pytest.mark.parametrize("which", ["mpq2r", "mpq2"])
-def test_logits_match_torch_forward_repacked_or_not(tiny, tiny_p, which):
+@pytest.fixture(scope="module")
+def tiny_s(tiny):
+    """The 2.25-bit tier (--type mpq2s): every row of the tiny model is a multiple of 128."""
+    out = tiny["root"] / "mpq2s.gguf"
+    proc = convert(tiny["hf"], "-o", out, "--type", "mpq2s", *FAST)
+    return {**tiny, "out": out, "summary": proc.stdout}
+
+
+def test_mpq2s_types_summary_and_size(tiny_s):
+    types = h.tensor_types(tiny_s["out"])
+    blk = {n: t for n, t in types.items() if n.startswith("blk.") and not n.endswith("norm.weight")}
+    assert all(t == ("Q5_0" if n.endswith("attn_v.weight") else "MPQ2S") for n, t in blk.items()), blk
+    assert types["token_embd.weight"] == "MPQ2S" and types["output.weight"] == "MPQ2S"
+    row = next(line for line in tiny_s["summary"].splitlines() if line.startswith("blk.0.ffn_down.weight"))
+    assert row.split()[1] == "mpq2s" and row.split()[2] == "0/" + row.split()[2].split("/")[1]   # no int8 words
+    assert row.split()[3] == "2.25" and float(row.split()[-1]) < 0.5
+    assert tiny_s["out"].stat().st_size < 0.95 * tiny_s["out"].with_name("mpq2.gguf").stat().st_size
+
+
+@pytest.mark.parametrize("which", ["mpq2r", "mpq2", "mpq2s"])
+def test_logits_match_torch_forward_repacked_or_not(tiny, tiny_p, tiny_s, which):
     # MPQ2R: llama.cpp turns the activations (Q8_0R) and runs MPQ2's kernels; torch uses the
-    # weights as gguf-py decodes them (MPQ2 decoding, then R^T): the two must agree, repacked or not
-    tiny_r = tiny if which == "mpq2r" else tiny_p
+    # weights as gguf-py decodes them (MPQ2 decoding, then R^T): the two must agree, repacked or not.
+    # MPQ2S: the same activations, its own kernels (16-row SIMD repacked, scalar row-wise).
+    tiny_r = {"mpq2r": tiny, "mpq2": tiny_p, "mpq2s": tiny_s}[which]
     import torch
     from transformers import LlamaForCausalLM
 
@@ -119,6 +139,15 @@ def test_logits_match_torch_forward_repacked_or_not(tiny, tiny_p, which):
             want = hf(torch.tensor([tokens])).logits[0].numpy()
         rel = np.abs(got - want) / want.std(axis=-1, keepdims=True)   # tolerance as in test_end_to_end.py
         assert rel.mean() < 0.02 and rel.max() < 0.15, (repack, rel.mean(), rel.max())
+
+
+def test_mpq2s_better_than_llama_quantize_mpq2s(tiny_s):
+    rtn = tiny_s["root"] / "rtn-s.gguf"
+    h.run([h.tool("llama-quantize"), "--pure", tiny_s["f32"], rtn, "MPQ2S", "2"])
+    assert set(t for n, t in h.tensor_types(rtn).items() if not n.endswith("norm.weight")) == {"MPQ2S"}
+    kl_rtn, kl_ours = _kl_to_float(tiny_s, rtn), _kl_to_float(tiny_s, tiny_s["out"])
+    print(f"MPQ2S KL to float: ours {kl_ours:.4f}, round-to-nearest {kl_rtn:.4f}")
+    assert kl_ours < kl_rtn, (kl_ours, kl_rtn)
 
 
 def test_mpq2_better_than_llama_quantize_mpq2(tiny_p):

@@ -52,3 +52,14 @@ def test_encode_falls_back_to_numpy_without_the_library(monkeypatch):
 def test_rows_not_a_multiple_of_64_are_refused():
     with pytest.raises(ValueError, match="multiple of 64"):
         cquant.quantize(np.zeros((2, 96), np.float32), "mpq2")
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_c_rows_equal_the_numpy_specification_for_mpq2s(threads):
+    from mpq2 import codec_s
+    x = rows(cols=640, rotated=True)
+    got = cquant.quantize(x, "mpq2s", threads=threads)
+    assert got.shape == (300, 640 // 128 * 36)
+    assert np.array_equal(got, codec_s.quantize(x))
+    with pytest.raises(ValueError, match="MPQ2S needs rows that are a multiple of 128"):
+        cquant.quantize(x[:, :576], "mpq2s")

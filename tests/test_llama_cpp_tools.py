@@ -229,7 +229,8 @@ def test_backend_ops_pass_for_q8_0r():
         assert any(line.strip().startswith(op) for line in ran), f"no passing {op} test for q8_0r:\n{proc.stdout[-3000:]}"
 
 
-OUR_SOURCES = ["ggml-mpq2.c", "ggml-mpq2r.c", "ggml-cpu-mpq2.c", "ggml-cpu-mpq2r.c", "ggml-cpu-mpq2-repack.c"]
+OUR_SOURCES = ["ggml-mpq2.c", "ggml-mpq2r.c", "ggml-mpq2s.c", "ggml-cpu-mpq2.c", "ggml-cpu-mpq2r.c", "ggml-cpu-mpq2-repack.c",
+               "ggml-cpu-mpq2s.c"]
 
 
 def test_our_sources_compile_without_fp_contraction():

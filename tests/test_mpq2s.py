@@ -284,3 +284,75 @@ def test_neon_kernels_match_the_exact_sum_under_qemu(arch, impl, tmp_path):
     out = subprocess.run([qemu, "-L", "/usr/aarch64-linux-gnu", str(exe)], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0 and "OK" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
     assert f"kernel {impl}:" in out.stdout and " 42240 cases" in out.stdout, out.stdout
+
+
+# ---------------------------------------------------------------- registered with ggml (type 99)
+
+def test_registered_type_is_the_specification_in_ggml_and_gguf(rng):
+    """GGML_TYPE_MPQ2S in the patched build: ggml's quantize_chunk path, its type traits, the
+    validator and gguf-py (constants, sizes, the numpy class) all agree with codec_s."""
+    import gguf
+    from llama_mpq2 import ggml
+    x = rng.standard_normal((6, 384)).astype(np.float32)
+    q = ggml.quantize(x, qtype="mpq2s")
+    np.testing.assert_array_equal(q, codec_s.quantize(x))
+    np.testing.assert_array_equal(ggml.quantize_ref(x[0], qtype="mpq2s"), q[0])
+    np.testing.assert_array_equal(ggml.dequantize(q, qtype="mpq2s"), codec_s.dequantize(q))
+    assert ggml.validate(q, qtype="mpq2s")
+    part = np.ascontiguousarray(q[0, :35])                     # not a whole block: refused, not read past
+    assert not ggml._base.ggml_validate_row_data(ggml.GGML_TYPE_MPQ2S, ggml._ptr(part, "void *"), part.size)
+    assert gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.MPQ2S] == (128, 36) == ggml._sizes("mpq2s")
+    assert int(gguf.GGMLQuantizationType.MPQ2S) == ggml.GGML_TYPE_MPQ2S == 99
+    np.testing.assert_array_equal(gguf.quants.quantize(x, gguf.GGMLQuantizationType.MPQ2S), q)
+    np.testing.assert_array_equal(gguf.quants.dequantize(q, gguf.GGMLQuantizationType.MPQ2S), codec_s.dequantize(q))
+    with pytest.raises(ValueError, match="multiple of 128"):
+        ggml.quantize(x[:, :320], qtype="mpq2s")
+
+
+def test_row_wise_dot_product_through_the_cpu_backend(rng):
+    from llama_mpq2 import ggml
+    w = rng.standard_normal((16, 512)).astype(np.float32)
+    a = rng.standard_normal(512).astype(np.float32)
+    q = ggml.quantize(w, qtype="mpq2s")
+    got = ggml.dot(q, a, qtype="mpq2s")
+    want = ggml.dequantize(q, qtype="mpq2s") @ a
+    assert np.abs(got - want).max() < 0.02 * np.abs(want).max(), np.abs(got - want).max()
+    # the same integers as the 16-row kernel's reference on the same Q8_0R activations
+    a8 = ggml.quantize_q8_0(a, qtype="mpq2s")
+    np.testing.assert_array_equal(a8, ggml.quantize_q8_0(a, qtype="mpq2r"))
+
+
+def test_llama_quantize_makes_mpq2s_and_falls_back_to_mpq2r(tmp_path):
+    """llama-quantize lists MPQ2S and writes it where rows are a multiple of 128; rows of 64k
+    (here 192 inputs: the attention and ffn_gate/up) get MPQ2R, not upstream's 4-bit fallback."""
+    import e2e_helpers as h
+    import tiny_llama
+    proc = h.run([h.tool("llama-quantize"), "--help"], check=False)
+    assert any("MPQ2S" in line and "99" in line for line in (proc.stdout + proc.stderr).splitlines())
+    hf = tiny_llama.build(tmp_path / "hf", hidden=192, intermediate=384, steps=5)
+    f32 = h.hf_to_gguf_f32(hf, tmp_path / "f32.gguf")
+    out = tmp_path / "s.gguf"
+    h.run([h.tool("llama-quantize"), "--pure", f32, out, "MPQ2S", "2"])
+    types = {n: t for n, t in h.tensor_types(out).items() if not n.endswith("norm.weight")}
+    assert types["blk.0.ffn_down.weight"] == "MPQ2S", types           # 384 inputs
+    assert types["blk.0.attn_q.weight"] == types["blk.0.ffn_up.weight"] == "MPQ2R", types   # 192 inputs
+    text = tmp_path / "t.txt"
+    text.write_text(tiny_llama.corpus(100, seed=3))
+    assert np.isfinite(h.perplexity(out, text, 64))
+
+
+def test_test_quantize_fns_passes_for_mpq2s():
+    import e2e_helpers as h
+    proc = h.run([h.tool("test-quantize-fns"), "-v"])
+    lines = [line for line in proc.stdout.splitlines() if line.strip().startswith("mpq2s")]
+    assert len(lines) >= 3 and all(" ok " in line for line in lines), proc.stdout
+
+
+def test_backend_ops_pass_for_mpq2s():
+    """llama.cpp's op tests with MPQ2S (each op twice on the CPU backend, compared; none aborts)."""
+    import e2e_helpers as h
+    proc = h.run([h.tool("test-backend-ops"), "-b", "CPU", "-p", "mpq2s"], timeout=900)
+    assert "FAIL" not in proc.stdout
+    ran = [line for line in proc.stdout.splitlines() if "mpq2s" in line and "OK" in line]
+    for op in ("MUL_MAT(", "GET_ROWS(", "SET_ROWS(", "CPY("):
+        assert any(line.strip().startswith(op) for line in ran), f"no passing {op} test for mpq2s:\n{proc.stdout[-3000:]}"

@@ -27,12 +27,18 @@ def is_fixed(w: Weight, plan: Plan, opts) -> bool:
     return w.name.endswith("attn_v.weight") and "attn_v_type" in opts.explicit_types
 
 
+def bottom_types(type_name: str) -> list[str]:
+    """Our candidates under --bpw: the rotated family has MPQ2S (2.25 bpw, rows of 128) below
+    MPQ2R (2.5); plain MPQ2 stays alone (the paper's layout)."""
+    return ["mpq2"] if type_name == "mpq2" else ["mpq2s", "mpq2r"]
+
+
 def candidates(plan: Plan, opts) -> dict[str, list[str]]:
     """GGUF name -> candidate types (smallest first) of every weight whose type is allocated."""
     out = {}
     for w in plan.weights():
         if not is_fixed(w, plan, opts):
-            types = [t for t in [opts.type, *LADDER] if fits(t, w.shape[1])]
+            types = [t for t in [*bottom_types(opts.type), *LADDER] if fits(t, w.shape[1])]
             if types:
                 out[w.name] = types
     return out
@@ -50,7 +56,8 @@ def choose_types(inp, skel, plan: Plan, opts, say) -> Allocation:
     if costs is None:
         seqs = calibration.calibration_batch(inp.tokenizer, opts.calib_file, opts.nsamples, opts.seqlen, opts.seed)
         seqs = sensitivity_batch(seqs, opts.sensitivity_tokens)
-        say(f"--bpw {opts.bpw}: measuring the sensitivity of {len(cand)} weights at {len(LADDER) + 1} types "
+        n_types = len({t for ts in cand.values() for t in ts})
+        say(f"--bpw {opts.bpw}: measuring the sensitivity of {len(cand)} weights at {n_types} types "
             f"on {seqs.numel()} tokens")
         t0 = time.time()
         costs = sensitivity.measure(inp, skel, plan, seqs, cand, opts)

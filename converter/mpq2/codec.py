@@ -307,19 +307,20 @@ def split_fields(data: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def _register_with_gguf() -> None:
-    """Registers MPQ2 and MPQ2R with gguf.quants so gguf.quants.quantize/dequantize handle it."""
+def register_with_gguf(name: str, qtype, quant, dequant) -> None:
+    """Registers a numpy quantizer with gguf.quants, so gguf.quants.quantize/dequantize handle qtype."""
     from gguf import quants as gq   # may still be initialising when it imports us
-    if QTYPE in gq._type_traits:
+    if qtype in gq._type_traits:
         return
-    base = gq.__dict__["__Quant"]
-
-    for name, qtype, quant, dequant in (("MPQ2", QTYPE, quantize, dequantize),
-                                        ("MPQ2R", QTYPE_R, quantize_r, dequantize_r)):
-        body = {"quantize_blocks": classmethod(lambda cls, blocks, q=quant: q(blocks)),
-                "quantize_rows": classmethod(lambda cls, rows, q=quant: q(rows)),
-                "dequantize_blocks": classmethod(lambda cls, blocks, d=dequant: d(blocks))}
-        types.new_class(name, (base,), {"qtype": qtype}, lambda ns, b=body: ns.update(b))
+    body = {"quantize_blocks": classmethod(lambda cls, blocks, q=quant: q(blocks)),
+            "quantize_rows": classmethod(lambda cls, rows, q=quant: q(rows)),
+            "dequantize_blocks": classmethod(lambda cls, blocks, d=dequant: d(blocks))}
+    types.new_class(name, (gq.__dict__["__Quant"],), {"qtype": qtype}, lambda ns, b=body: ns.update(b))
 
 
-_register_with_gguf()
+register_with_gguf("MPQ2", QTYPE, quantize, dequantize)
+register_with_gguf("MPQ2R", QTYPE_R, quantize_r, dequantize_r)
+
+# MPQ2S's module registers it the same way; imported here so that gguf-py's one import of this
+# module (its patched quants.py) knows all our types, whichever of the two is imported first.
+from . import codec_s  # noqa: E402,F401

@@ -17,13 +17,12 @@ from __future__ import annotations
 import numpy as np
 
 from . import rotation
-from .codec import _wsum
-from .format import GRID_STEP, N_D_CODES, d_from_code
+from .codec import _wsum, register_with_gguf
+from .format import GRID_STEP, N_D_CODES, QTYPE_S, GGML_QUANT_SIZES, d_from_code
 
 F = np.float32
-QK_S = 128                                   # weights per block
+QK_S, BLOCK_BYTES_S = GGML_QUANT_SIZES[QTYPE_S]   # 128 weights, 36 bytes: header + 8 words
 WORDS_S = QK_S // 16                         # 2-bit words per block
-BLOCK_BYTES_S = 4 + 4 * WORDS_S              # header + words: 36
 BITS_PER_WEIGHT_S = BLOCK_BYTES_S * 8 / QK_S  # 2.25
 GRID_BITS = 3
 # (multiplier, zero) of each grid index: word value v = mult * (16 c - zero), weight dd * v
@@ -132,3 +131,6 @@ def dequantize(data: np.ndarray) -> np.ndarray:
     data = np.ascontiguousarray(data).view(np.uint8)
     y = decode_turned(data.reshape(-1))
     return rotation.unrotate(y.reshape(*data.shape[:-1], -1))
+
+
+register_with_gguf("MPQ2S", QTYPE_S, quantize, dequantize)

@@ -83,12 +83,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="with --bpw: keep the measured sensitivities in FILE.json, and read them from there when it "
                         "exists (the same input and calibration): converting one model at several budgets then "
                         "measures once")
-    g.add_argument("--type", choices=["mpq2r", "mpq2"], default="mpq2r",
+    g.add_argument("--type", choices=["mpq2r", "mpq2", "mpq2s"], default="mpq2r",
                    help="type of the quantized weights: mpq2r (default: MPQ2 blocks of weights turned by a fixed "
                         "64-point rotation that the kernels apply to the activations too; same size, lower error: "
-                        "docs/BENCHMARKS.md) or mpq2 (the paper's layout as is)")
+                        "docs/BENCHMARKS.md), mpq2 (the paper's layout as is) or mpq2s (2.25 bpw: MPQ2R's words "
+                        "with 8 grids per 128 weights and no int8 words; rows that are not a multiple of 128 get "
+                        "mpq2r; docs/FORMAT.md). With --bpw, mpq2r and mpq2s both offer MPQ2S and MPQ2R")
     g.add_argument("--output-type", default="auto",
-                   help="output projection type: auto (default: --type, GPTQ on the final hidden states), mpq2r, mpq2, "
+                   help="output projection type: auto (default: --type, GPTQ on the final hidden states), mpq2r, mpq2, mpq2s, "
                         "q8_0, q5_1, q5_0, q4_1, q4_0 (GPTQ on their grids too), f16, bf16, f32; with tied embeddings it is also the token embedding's type")
     g.add_argument("--embd-type", default="auto",
                    help="token embedding type when it is not tied to the output (default: --type, round to nearest)")

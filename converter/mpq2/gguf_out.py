@@ -13,11 +13,12 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from . import codec, cquant
-from .format import QTYPE, QTYPE_R
+from . import codec, codec_s, cquant
+from .format import QTYPE, QTYPE_R, QTYPE_S
 
 # Our types: name -> (ggml type, numpy quantizer mirroring the C reference).
-OUR_TYPES = {"mpq2": (QTYPE, codec.quantize), "mpq2r": (QTYPE_R, codec.quantize_r)}
+OUR_TYPES = {"mpq2": (QTYPE, codec.quantize), "mpq2r": (QTYPE_R, codec.quantize_r),
+             "mpq2s": (QTYPE_S, codec_s.quantize)}
 # Types the converter can write besides ours (all have numpy quantizers in gguf-py).
 OTHER_TYPES = {
     "f32": gguf.GGMLQuantizationType.F32,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -44,6 +44,16 @@ class QuantConfig:
     gate: bool = True                  # a salient word keeps int8 means only where they fit better
     rotate: bool = False               # MPQ2R: encode R w per 64-block (rotation.py), GPTQ on R H R^T
     grid: str = "mpq2"                 # mpq2; mpq2s (2.25 bpw, rotate only); or a llama.cpp type of qtypes.GRIDS (no bitmap, no rotation)
+
+
+def config_for(cfg: QuantConfig, type_name: str) -> QuantConfig:
+    """`cfg` for a weight of `type_name`: MPQ2 plain or turned (MPQ2R), MPQ2S (turned, its grids),
+    or a llama.cpp type of qtypes.GRIDS."""
+    if type_name in ("mpq2", "mpq2r"):
+        return replace(cfg, rotate=type_name == "mpq2r", grid="mpq2")
+    if type_name == "mpq2s":   # GPTQ's blocks hold whole 128-blocks: --block-size 64 becomes 128 here
+        return replace(cfg, rotate=True, grid="mpq2s", block_size=-(-cfg.block_size // codec_s.QK_S) * codec_s.QK_S)
+    return replace(cfg, rotate=False, grid=type_name)
 
 
 @dataclass

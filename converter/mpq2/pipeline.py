@@ -26,10 +26,10 @@ import torch
 
 from . import budget, calibration, capture, gguf_out, norms, qtypes, resume, skeleton, timing
 from .errors import ConvertError
-from .format import BITS_PER_WEIGHT, FTYPE, FTYPE_R
+from .format import FTYPE, FTYPE_R, FTYPE_S
 from .gguf_out import OUR_TYPES
 from .gguf_stream import GGUFStream
-from .gptq import MPQ2GPTQ
+from .gptq import MPQ2GPTQ, config_for
 from .plan import Plan, Weight, make_plan, qtype_of, retype
 from .source import GGUFSource, SafetensorsSource, Source
 from .timing import clock
@@ -211,7 +211,7 @@ def open_output(run, inp: ModelInput, plan: Plan, opts, saved) -> GGUFStream:
             stream.close()
             raise ConvertError(f"--resume: {run.part} does not match its state; start over with --force")
         return stream
-    ftype = int(FTYPE_R if opts.type == "mpq2r" else FTYPE)
+    ftype = int({"mpq2r": FTYPE_R, "mpq2s": FTYPE_S}.get(opts.type, FTYPE))
     n_params = sum(int(np.prod(s.shape)) for s in plan.specs[len(plan.extra):])
     stream = GGUFStream.create(run.part, inp.layout.arch, lambda w: inp.layout.add_metadata(w, n_params), plan.specs, ftype)
     for name, values in plan.extra:
@@ -364,12 +364,12 @@ def encode_weight(w: Weight, weight: torch.Tensor, gptq: MPQ2GPTQ | None, opts,
     order, for the model to continue with), and its summary line. `row_chunk`: GPTQ's working
     copies for that many rows at a time (the same bytes), for a 128k-row output projection."""
     if w.type in OUR_TYPES:
-        res = gptq.fasterquant(weight, replace(opts.cfg, rotate=w.type == "mpq2r"), row_chunk=row_chunk)
+        res = gptq.fasterquant(weight, config_for(opts.cfg, w.type), row_chunk=row_chunk)
         data, decoded = res.packed, res.weight
-        row = Row(w.name, w.type, f"{res.n_salient}/{res.n_words}", BITS_PER_WEIGHT, f"{res.rel_output_error:.4f}",
-                  predicted_cost(opts, w.name))
+        row = Row(w.name, w.type, f"{res.n_salient}/{res.n_words}", data.nbytes * 8 / weight.numel(),
+                  f"{res.rel_output_error:.4f}", predicted_cost(opts, w.name))
     elif w.type in qtypes.GRIDS and gptq is not None and opts.cfg.method == "gptq":   # GPTQ on llama.cpp's grid
-        res = gptq.fasterquant(weight, replace(opts.cfg, grid=w.type), row_chunk=row_chunk)
+        res = gptq.fasterquant(weight, config_for(opts.cfg, w.type), row_chunk=row_chunk)
         data, decoded = res.packed, res.weight
         row = Row(w.name, w.type, "-", data.nbytes * 8 / weight.numel(), f"{res.rel_output_error:.4f}",
                   predicted_cost(opts, w.name))

@@ -49,13 +49,18 @@ def qtype_of(type_name: str) -> gguf.GGMLQuantizationType:
     return OUR_TYPES[type_name][0] if type_name in OUR_TYPES else OTHER_TYPES[type_name]
 
 
+# A type whose block does not fit a row width tries these first, then --fallback-type.
+NEAREST = {"mpq2s": "mpq2r"}
+
+
 def _typed(name: str, cols: int, default: str, opts, notes: list[str]) -> str:
     typ = default
     for pat, t in opts.overrides:
         if pat.search(name):
             typ = t
     if not fits(typ, cols):
-        fallback = opts.fallback_type if fits(opts.fallback_type, cols) else "f16"
+        near = NEAREST.get(typ)
+        fallback = near if near and fits(near, cols) else opts.fallback_type if fits(opts.fallback_type, cols) else "f16"
         notes.append(f"{name}: rows of {cols} are not a multiple of the {typ} block; using {fallback}")
         typ = fallback
     return typ

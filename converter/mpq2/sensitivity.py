@@ -30,7 +30,7 @@ import torch
 
 from . import capture, gguf_out, skeleton
 from .gguf_out import OUR_TYPES
-from .gptq import MPQ2GPTQ
+from .gptq import MPQ2GPTQ, config_for
 
 ROW_CHUNK = 8192
 
@@ -210,7 +210,7 @@ def delta(W: torch.Tensor, type_name: str, gptq: MPQ2GPTQ | None, opts) -> torch
     types go through the converter's own encoder (salience and bitmap from the Hessian in
     `gptq`); the others through gguf-py's numpy quantizers, as the file would hold them."""
     if type_name in OUR_TYPES:
-        cfg = replace(opts.cfg, method="rtn", rotate=type_name == "mpq2r")
+        cfg = replace(config_for(opts.cfg, type_name), method="rtn")
         return gptq.sharing(W.shape).fasterquant(W, cfg, error=False).weight.to(W.device) - W
     values = W.detach().float().cpu().numpy()
     data, qtype = gguf_out.encode(values, type_name)

@@ -28,9 +28,10 @@ function(ggml_mpq2_sources target)
     endif()
 endfunction()
 
-# ggml-base: the reference code (quantize, dequantize, validate, the MPQ2R rotation).
+# ggml-base: the reference code (quantize, dequantize, validate, the MPQ2R rotation; MPQ2S).
 function(ggml_mpq2_add_base target)
-    ggml_mpq2_sources(${target} ${GGML_MPQ2_EXT_DIR}/src/ggml-mpq2.c ${GGML_MPQ2_EXT_DIR}/src/ggml-mpq2r.c)
+    ggml_mpq2_sources(${target} ${GGML_MPQ2_EXT_DIR}/src/ggml-mpq2.c ${GGML_MPQ2_EXT_DIR}/src/ggml-mpq2r.c
+                      ${GGML_MPQ2_EXT_DIR}/src/ggml-mpq2s.c)
     target_include_directories(${target} PUBLIC $<BUILD_INTERFACE:${GGML_MPQ2_EXT_DIR}/include>)
 endfunction()
 
@@ -38,6 +39,6 @@ endfunction()
 # (each includes its arch file, src/arch/<arch>/, so those get the same flags).
 function(ggml_mpq2_add_cpu target)
     ggml_mpq2_sources(${target} ${GGML_MPQ2_EXT_DIR}/src/ggml-cpu-mpq2.c ${GGML_MPQ2_EXT_DIR}/src/ggml-cpu-mpq2r.c
-                      ${GGML_MPQ2_EXT_DIR}/src/ggml-cpu-mpq2-repack.c)
+                      ${GGML_MPQ2_EXT_DIR}/src/ggml-cpu-mpq2-repack.c ${GGML_MPQ2_EXT_DIR}/src/ggml-cpu-mpq2s.c)
     target_include_directories(${target} PRIVATE ${GGML_MPQ2_EXT_DIR}/src)
 endfunction()

@@ -6,9 +6,8 @@
 // fixed table of 8 (multiplier, zero) grids. No bitmap. 36 bytes per 128 weights = 2.25 bits
 // per weight; rows must be a multiple of 128.
 //
-// Status: the reference encoder and decoder only. The type is not registered with ggml yet
-// (no type id in the enum, no CPU kernels); tests/test_mpq2s.py holds this file and the numpy
-// specification (converter/mpq2/codec_s.py) byte-equal.
+// GGML_TYPE_MPQ2S = 99 (registered by ggml_ext/patches/llama.cpp-mpq2.patch). tests/test_mpq2s.py
+// holds this file and the numpy specification (converter/mpq2/codec_s.py) byte-equal.
 #pragma once
 
 #include "ggml.h"
@@ -46,9 +45,16 @@ GGML_API void   dequantize_row_mpq2s(const block_mpq2s * GGML_RESTRICT x, float 
 // imatrix per input column, as MPQ2R: every weight gets its 64-block's mean importance.
 GGML_API size_t quantize_mpq2s(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst,
                                int64_t nrows, int64_t n_per_row, const float * imatrix);
+// Every bit pattern decodes to finite weights: only the size is checked.
+GGML_API bool   mpq2s_validate_row_data(const void * data, size_t nbytes);
 
-// CPU backend (ggml-cpu; not registered yet). Activations are MPQ2R's Q8_0R: block_q8_0 of the
-// turned activations, four per MPQ2S block.
+// CPU backend (ggml-cpu). Activations are MPQ2R's Q8_0R: block_q8_0 of the turned activations,
+// four per MPQ2S block. The row-wise dot product is the scalar one on every target; the SIMD
+// kernels are the 16-row ones, which the CPU backend's repack buffer uses for every 2-D weight
+// with a multiple of 16 rows (ggml-cpu-mpq2-repack-traits.h).
+void quantize_row_mpq2s(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);
+void ggml_vec_dot_mpq2s_q8_0(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
+                             const void * GGML_RESTRICT vy, size_t by, int nrc);
 void ggml_vec_dot_mpq2s_q8_0_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
                                      const void * GGML_RESTRICT vy, size_t by, int nrc);
 

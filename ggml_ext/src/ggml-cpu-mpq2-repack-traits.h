@@ -1,17 +1,46 @@
 // MPQ2 in ggml-cpu's repack ("CPU_REPACK") buffer: included by ggml-cpu/repack.cpp, after its
 // tensor_traits_base and before ggml_repack_get_optimal_repack_type, which asks
-// ggml_mpq2_repack_traits() for MPQ2 weights. C++, like the file that includes it.
+// ggml_mpq2_repack_traits() for MPQ2 and MPQ2R weights and ggml_mpq2s_repack_traits() for MPQ2S.
+// C++, like the file that includes it.
 //
-// A weight matrix in that buffer is repacked 16 rows at a time once, when llama.cpp loads it
-// (ggml_mpq2_repack_x16); MUL_MAT then quantizes the activations to Q8_0 (as the vec_dot path
-// does, so both give the same integers), adds the per-16 sums the kernel needs, and runs
-// ggml_mpq2x16_mul over row groups shared out between the threads.
+// A weight matrix in that buffer is repacked 16 rows at a time once, when llama.cpp loads it;
+// MUL_MAT then quantizes the activations to the type's vec_dot_type (as the vec_dot path does,
+// so both give the same integers), adds the per-16 sums the kernels need, and runs the type's
+// 16-row kernel over row groups shared out between the threads. The types differ only in their
+// blocks and two functions, which one class template takes from a small struct per type.
 #pragma once
 
 #include "ggml-cpu-mpq2-repack.h"
+#include "ggml-mpq2s.h"
 
 namespace ggml::cpu::repack {
 
+// What the class below needs of a type: its block length, its 16-row group, and its functions.
+struct mpq2_x16_kind {
+    static constexpr int64_t qk = QK_MPQ2;
+    using group = block_mpq2x16;
+    static void repack(void * dst, const void * src, int64_t nrows, int64_t n) {
+        ggml_mpq2_repack_x16((block_mpq2x16 *) dst, (const block_mpq2 *) src, nrows, n);
+    }
+    static void mul(int n, float * s, size_t bs, const void * x, int64_t ngroups, const mpq2_act * y, int ncols) {
+        ggml_mpq2x16_mul(n, s, bs, (const block_mpq2x16 *) x, ngroups, y, ncols);
+    }
+    static const char * impl() { return ggml_mpq2x16_impl(); }
+};
+
+struct mpq2s_x16_kind {
+    static constexpr int64_t qk = QK_MPQ2S;
+    using group = block_mpq2sx16;
+    static void repack(void * dst, const void * src, int64_t nrows, int64_t n) {
+        ggml_mpq2s_repack_x16((block_mpq2sx16 *) dst, (const block_mpq2s *) src, nrows, n);
+    }
+    static void mul(int n, float * s, size_t bs, const void * x, int64_t ngroups, const mpq2_act * y, int ncols) {
+        ggml_mpq2sx16_mul(n, s, bs, (const block_mpq2sx16 *) x, ngroups, y, ncols);
+    }
+    static const char * impl() { return ggml_mpq2sx16_impl(); }
+};
+
+template <typename Kind>
 class mpq2x16_traits : public tensor_traits_base {
     static constexpr int64_t MAX_COLS = 64;   // activation columns per kernel call (their Q8_0 rows stay in L2)
 
@@ -33,7 +62,7 @@ class mpq2x16_traits : public tensor_traits_base {
 
     int repack(struct ggml_tensor * t, const void * data, size_t data_size) override {
         GGML_ASSERT(data_size == ggml_nbytes(t));
-        ggml_mpq2_repack_x16((block_mpq2x16 *) t->data, (const block_mpq2 *) data, t->ne[1], t->ne[0]);
+        Kind::repack(t->data, data, t->ne[1], t->ne[0]);
         return 0;
     }
 
@@ -58,7 +87,7 @@ class mpq2x16_traits : public tensor_traits_base {
         char *        wdata    = (char *) GGML_PAD((uintptr_t) params->wdata, 64);
         GGML_ASSERT(wdata + act_size * ncols <= (char *) params->wdata + params->wsize);
 
-        // activations: the weight type's vec_dot_type (Q8_0 for MPQ2, Q8_0R for MPQ2R), with
+        // activations: the weight type's vec_dot_type (Q8_0 for MPQ2, Q8_0R for MPQ2R and MPQ2S), with
         // ggml's own quantizer as for vec_dot, plus the kernel's sums
         const ggml_type act_type = ggml_get_type_traits_cpu(src0->type)->vec_dot_type;
         const ggml_from_float_t to_q8_0 = ggml_get_type_traits_cpu(act_type)->from_float;
@@ -74,7 +103,7 @@ class mpq2x16_traits : public tensor_traits_base {
         const int64_t ngroups   = ne01 / MPQ2_RP_ROWS;
         const int64_t nchunks   = MIN(ngroups, (int64_t) nth * 4);
         const int64_t per_chunk = (ngroups + nchunks - 1) / nchunks;
-        const size_t  group_size = (size_t) (ne00 / QK_MPQ2) * sizeof(block_mpq2x16);
+        const size_t  group_size = (size_t) (ne00 / Kind::qk) * sizeof(typename Kind::group);
         const size_t  bs         = nb1 / sizeof(float);
 
         if (ith == 0) {
@@ -88,14 +117,14 @@ class mpq2x16_traits : public tensor_traits_base {
             if (g0 >= g1) {
                 continue;
             }
-            const block_mpq2x16 * x = (const block_mpq2x16 *) ((const char *) src0->data + g0 * group_size);
+            const void * x = (const char *) src0->data + g0 * group_size;
             for (int64_t c0 = 0; c0 < ncols; c0 += MAX_COLS) {
                 const int nc = (int) MIN(MAX_COLS, ncols - c0);
                 mpq2_act acts[MAX_COLS];
                 for (int c = 0; c < nc; ++c) {
                     ggml_mpq2_act_view(wdata + (c0 + c) * act_size, ne10, &acts[c]);
                 }
-                ggml_mpq2x16_mul((int) ne00, (float *) dst->data + c0 * bs + g0 * MPQ2_RP_ROWS, bs, x, g1 - g0, acts, nc);
+                Kind::mul((int) ne00, (float *) dst->data + c0 * bs + g0 * MPQ2_RP_ROWS, bs, x, g1 - g0, acts, nc);
             }
         }
     }
@@ -103,13 +132,23 @@ class mpq2x16_traits : public tensor_traits_base {
 
 }  // namespace ggml::cpu::repack
 
-// The traits for an MPQ2 or MPQ2R weight (the same blocks), or nullptr (plain CPU buffer,
-// row-wise vec_dot) where the repacked kernel would not pay or not apply: no SIMD kernel in this build, not a 2-D matrix,
-// or a row count that is not a multiple of 16.
-static const ggml::cpu::tensor_traits * ggml_mpq2_repack_traits(const struct ggml_tensor * cur) {
-    static const ggml::cpu::repack::mpq2x16_traits traits;
-    if (strcmp(ggml_mpq2x16_impl(), "generic") == 0 || ggml_n_dims(cur) != 2 || cur->ne[1] % MPQ2_RP_ROWS != 0) {
+// The traits of a weight of this kind, or nullptr (plain CPU buffer, row-wise vec_dot) where the
+// repacked kernel would not pay or not apply: no SIMD kernel in this build, not a 2-D matrix, or
+// a row count that is not a multiple of 16.
+template <typename Kind>
+static const ggml::cpu::tensor_traits * ggml_mpq2_x16_traits(const struct ggml_tensor * cur) {
+    static const ggml::cpu::repack::mpq2x16_traits<Kind> traits;
+    if (strcmp(Kind::impl(), "generic") == 0 || ggml_n_dims(cur) != 2 || cur->ne[1] % MPQ2_RP_ROWS != 0) {
         return nullptr;
     }
     return &traits;
+}
+
+// MPQ2 and MPQ2R (the same blocks)
+static const ggml::cpu::tensor_traits * ggml_mpq2_repack_traits(const struct ggml_tensor * cur) {
+    return ggml_mpq2_x16_traits<ggml::cpu::repack::mpq2_x16_kind>(cur);
+}
+
+static const ggml::cpu::tensor_traits * ggml_mpq2s_repack_traits(const struct ggml_tensor * cur) {
+    return ggml_mpq2_x16_traits<ggml::cpu::repack::mpq2s_x16_kind>(cur);
 }

@@ -1,6 +1,7 @@
 // MPQ2S in the CPU backend: the scalar dot product against Q8_0R, the 16-row repacking and its
-// kernels (scalar reference, AVX-512, AVX2, NEON). Not registered with ggml yet (docs/FORMAT.md, "MPQ2S"):
-// tests/simd/mpq2s_kernel_check.c compiles it standalone, as tests/simd/ does for MPQ2.
+// kernels (scalar reference, AVX-512, AVX2, NEON) (docs/FORMAT.md, "MPQ2S"). Compiled into every
+// ggml-cpu variant; tests/simd/mpq2s_kernel_check.c also compiles it standalone, as tests/simd/
+// does for MPQ2.
 #define GGML_COMMON_DECL_C
 #include "ggml-common.h"
 
@@ -51,6 +52,17 @@ void ggml_vec_dot_mpq2s_q8_0_generic(int n, float * GGML_RESTRICT s, size_t bs, 
         sumf += mpq2s_block_dot(x[ib].hdr, x[ib].qs, 1, a, dy);
     }
     *s = sumf;
+}
+
+void quantize_row_mpq2s(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k) {
+    quantize_row_mpq2s_ref(x, (block_mpq2s *) y, k);
+}
+
+// Row-wise: the scalar dot product on every target. Weights the repack buffer takes (2-D, rows a
+// multiple of 16, a SIMD 16-row kernel in the build) never come here.
+void ggml_vec_dot_mpq2s_q8_0(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
+                             const void * GGML_RESTRICT vy, size_t by, int nrc) {
+    ggml_vec_dot_mpq2s_q8_0_generic(n, s, bs, vx, bx, vy, by, nrc);
 }
 
 // Rows 16g..16g+15 of src (nrows x n weights, nrows a multiple of 16) into group g of dst.

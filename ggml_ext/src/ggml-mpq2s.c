@@ -11,6 +11,7 @@
 #include "ggml-mpq2s.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -156,4 +157,13 @@ void dequantize_row_mpq2s(const block_mpq2s * GGML_RESTRICT x, float * GGML_REST
         }
         mpq2r_unrotate(out, out, QK_MPQ2S);
     }
+}
+
+bool mpq2s_validate_row_data(const void * data, size_t nbytes) {
+    (void) data;
+    if (nbytes % sizeof(block_mpq2s) != 0) {
+        fprintf(stderr, "%s: invalid size %zu for type mpq2s (not a multiple of %zu)\n", __func__, nbytes, sizeof(block_mpq2s));
+        return false;
+    }
+    return true;
 }

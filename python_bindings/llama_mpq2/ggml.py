@@ -1,6 +1,7 @@
-"""MPQ2 and MPQ2R on numpy arrays through the C code of the patched ggml (no Python loop over
-blocks). Every function takes qtype="mpq2" (the default) or "mpq2r" (MPQ2 blocks of weights
-turned by MPQ2R's fixed 64-point rotation: the same bytes per block, see docs/FORMAT.md)."""
+"""MPQ2, MPQ2R and MPQ2S on numpy arrays through the C code of the patched ggml (no Python loop
+over blocks). Every function takes qtype="mpq2" (the default), "mpq2r" (MPQ2 blocks of weights
+turned by MPQ2R's fixed 64-point rotation: the same bytes per block) or "mpq2s" (the 2.25-bit
+tier: 36 bytes per 128 turned weights); see docs/FORMAT.md."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,7 +15,8 @@ GGML_TYPE_F32 = 0
 GGML_TYPE_Q8_0 = 8
 GGML_TYPE_MPQ2 = 96
 GGML_TYPE_MPQ2R = 97
-QTYPES = {"mpq2": GGML_TYPE_MPQ2, "mpq2r": GGML_TYPE_MPQ2R}
+GGML_TYPE_MPQ2S = 99
+QTYPES = {"mpq2": GGML_TYPE_MPQ2, "mpq2r": GGML_TYPE_MPQ2R, "mpq2s": GGML_TYPE_MPQ2S}
 
 ffi = FFI()
 ffi.cdef("""
@@ -43,6 +45,9 @@ ffi.cdef("""
                              const float * imatrix, float salient_fraction);
     void dequantize_row_mpq2r(const void * x, float * y, int64_t k);
     void quantize_row_mpq2r_ref(const float * x, void * y, int64_t k);
+    size_t quantize_mpq2s(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
+    void dequantize_row_mpq2s(const void * x, float * y, int64_t k);
+    void quantize_row_mpq2s_ref(const float * x, void * y, int64_t k);
     void mpq2r_rotate(const float * x, float * y, int64_t n);
     void mpq2r_unrotate(const float * y, float * x, int64_t n);
 """)
@@ -56,10 +61,11 @@ def _ptr(a: np.ndarray, ctype: str):
     return ffi.cast(ctype, ffi.from_buffer(a))
 
 
-def _rows(x: np.ndarray) -> np.ndarray:
+def _rows(x: np.ndarray, qtype: str = "mpq2") -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.ndim == 0 or x.shape[-1] % QK_MPQ2:
-        raise ValueError(f"MPQ2 rows must be a multiple of {QK_MPQ2} long, got shape {x.shape}")
+    qk = _sizes(qtype)[0]
+    if x.ndim == 0 or x.shape[-1] % qk:
+        raise ValueError(f"{qtype.upper()} rows must be a multiple of {qk} long, got shape {x.shape}")
     return x
 
 
@@ -76,24 +82,35 @@ def _qtype(qtype: str) -> int:
     return QTYPES[qtype]
 
 
-# The C reference per type: (quantize_*_ex, dequantize_row_*, quantize_row_*_ref).
+def _sizes(qtype: str) -> tuple[int, int]:
+    """(weights, bytes) of one block, from ggml's type traits."""
+    traits = _base.ggml_get_type_traits(_qtype(qtype))
+    return int(traits.blck_size), int(traits.type_size)
+
+
+# The C reference per type: (quantize with an importance and a salient fraction, dequantize_row_*,
+# quantize_row_*_ref). MPQ2S has no int8 words, so no fraction.
 _REF = {"mpq2": (_base.quantize_mpq2_ex, _base.dequantize_row_mpq2, _base.quantize_row_mpq2_ref),
-        "mpq2r": (_base.quantize_mpq2r_ex, _base.dequantize_row_mpq2r, _base.quantize_row_mpq2r_ref)}
+        "mpq2r": (_base.quantize_mpq2r_ex, _base.dequantize_row_mpq2r, _base.quantize_row_mpq2r_ref),
+        "mpq2s": (lambda src, dst, nrows, n, imat, fraction: _base.quantize_mpq2s(src, dst, nrows, n, imat),
+                  _base.dequantize_row_mpq2s, _base.quantize_row_mpq2s_ref)}
 
 
 def quantize(x: np.ndarray, imatrix: np.ndarray | None = None, salient_fraction: float = 0.125,
              *, hessian_diag: np.ndarray | None = None, qtype: str = "mpq2") -> np.ndarray:
-    """Rows of x (..., n) to MPQ2/MPQ2R bytes (..., n/64*20). imatrix: per-column importance
-    (llama.cpp's imatrix, or the Hessian diagonal, also accepted as hessian_diag=), length n."""
+    """Rows of x (..., n) to MPQ2/MPQ2R bytes (..., n/64*20) or MPQ2S bytes (..., n/128*36).
+    imatrix: per-column importance (llama.cpp's imatrix, or the Hessian diagonal, also accepted
+    as hessian_diag=), length n. salient_fraction: MPQ2/MPQ2R's int8 words (MPQ2S has none)."""
     _qtype(qtype)
     if hessian_diag is not None:
         if imatrix is not None:
             raise ValueError("pass imatrix or hessian_diag, not both")
         imatrix = hessian_diag
-    x = _rows(x)
+    x = _rows(x, qtype)
     n = x.shape[-1]
     nrows = x.size // n
-    out = np.empty(x.shape[:-1] + (n // QK_MPQ2 * MPQ2_BLOCK_BYTES,), np.uint8)
+    qk, size = _sizes(qtype)
+    out = np.empty(x.shape[:-1] + (n // qk * size,), np.uint8)
     imat = ffi.NULL
     if imatrix is not None:
         imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
@@ -105,10 +122,10 @@ def quantize(x: np.ndarray, imatrix: np.ndarray | None = None, salient_fraction:
 
 
 def quantize_ref(x: np.ndarray, qtype: str = "mpq2") -> np.ndarray:
-    """quantize_row_mpq2_ref (or _mpq2r_ref) over all of x as one row (ggml's from_float_ref)."""
-    x = _rows(x)
-    out = np.empty(x.size // QK_MPQ2 * MPQ2_BLOCK_BYTES, np.uint8)
-    _qtype(qtype)
+    """quantize_row_<qtype>_ref over all of x as one row (ggml's from_float_ref)."""
+    x = _rows(x, qtype)
+    qk, size = _sizes(qtype)
+    out = np.empty(x.size // qk * size, np.uint8)
     _REF[qtype][2](_ptr(x, "float *"), _ptr(out, "void *"), x.size)
     return out
 
@@ -129,31 +146,32 @@ def unrotate(y: np.ndarray) -> np.ndarray:
     return out
 
 
-def _blocks(q: np.ndarray) -> np.ndarray:
+def _blocks(q: np.ndarray, qtype: str = "mpq2") -> np.ndarray:
     q = np.ascontiguousarray(q).view(np.uint8)
-    if q.shape[-1] % MPQ2_BLOCK_BYTES:
-        raise ValueError(f"MPQ2 rows must be a multiple of {MPQ2_BLOCK_BYTES} bytes, got {q.shape[-1]}")
+    size = _sizes(qtype)[1]
+    if q.shape[-1] % size:
+        raise ValueError(f"{qtype.upper()} rows must be a multiple of {size} bytes, got {q.shape[-1]}")
     return q
 
 
 def dequantize(q: np.ndarray, qtype: str = "mpq2") -> np.ndarray:
-    """MPQ2/MPQ2R bytes (..., k*20) to float32 (..., k*64)."""
-    q = _blocks(q)
-    out = np.empty(q.shape[:-1] + (q.shape[-1] // MPQ2_BLOCK_BYTES * QK_MPQ2,), np.float32)
-    _qtype(qtype)
+    """MPQ2/MPQ2R bytes (..., k*20) to float32 (..., k*64); MPQ2S (..., k*36) to (..., k*128)."""
+    q = _blocks(q, qtype)
+    qk, size = _sizes(qtype)
+    out = np.empty(q.shape[:-1] + (q.shape[-1] // size * qk,), np.float32)
     _REF[qtype][1](_ptr(q, "void *"), _ptr(out, "float *"), out.size)
     return out
 
 
 def validate(q: np.ndarray, qtype: str = "mpq2") -> bool:
-    """ggml_validate_row_data for MPQ2/MPQ2R bytes (prints the first bad block to stderr)."""
-    q = _blocks(q)
+    """ggml_validate_row_data for the type's bytes (prints the first bad block to stderr)."""
+    q = _blocks(q, qtype)
     return bool(_base.ggml_validate_row_data(_qtype(qtype), _ptr(q, "void *"), q.size))
 
 
 def quantize_q8_0(a: np.ndarray, qtype: str = "mpq2") -> np.ndarray:
     """Activations to the type's vec_dot_type with the CPU backend's quantizer (what mul_mat
-    does to src1): Q8_0 for MPQ2, Q8_0R (Q8_0 of the rotated activations) for MPQ2R."""
+    does to src1): Q8_0 for MPQ2, Q8_0R (Q8_0 of the rotated activations) for MPQ2R and MPQ2S."""
     a = np.ascontiguousarray(a, dtype=np.float32)
     out = np.empty(a.shape[:-1] + (a.shape[-1] // 32 * 34,), np.uint8)
     from_float = _cpu.ggml_get_type_traits_cpu(_cpu.ggml_get_type_traits_cpu(_qtype(qtype)).vec_dot_type).from_float
@@ -164,10 +182,12 @@ def quantize_q8_0(a: np.ndarray, qtype: str = "mpq2") -> np.ndarray:
 
 
 def dot(q: np.ndarray, a: np.ndarray, qtype: str = "mpq2") -> np.ndarray:
-    """Row-wise dot products of MPQ2/MPQ2R rows q (r, k*20) with float activations a (n,), the
-    way ggml's mul_mat computes them: a quantized to Q8_0 (Q8_0R), then the CPU vec_dot kernel."""
-    q = np.atleast_2d(_blocks(q))
-    n = q.shape[-1] // MPQ2_BLOCK_BYTES * QK_MPQ2
+    """Row-wise dot products of rows q of the type (r, bytes) with float activations a (n,), the
+    way ggml's row-wise mul_mat computes them: a quantized to Q8_0 (Q8_0R), then the CPU vec_dot
+    kernel (not the repacked 16-row kernels: llama_mpq2.Model runs those)."""
+    q = np.atleast_2d(_blocks(q, qtype))
+    qk, size = _sizes(qtype)
+    n = q.shape[-1] // size * qk
     a = np.ascontiguousarray(a, dtype=np.float32).reshape(n)
     a8 = quantize_q8_0(a, qtype)
     traits = _cpu.ggml_get_type_traits_cpu(_qtype(qtype))
