@@ -229,22 +229,24 @@ def x86_flags() -> set[str]:
     return set(m.group(1).split()) if m else set()
 
 
+# build -> (flags, the 16-row kernel it must pick, the row-wise kernel it must pick)
 KERNEL_BUILDS = {
-    "native": (["-march=native"], None),
-    "avx512 without vnni or gfni": (["-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-mf16c"], "avx512"),
-    "avx2": (["-mavx2", "-mfma", "-mf16c"], "avx2"),
-    "avx2 + avx-vnni + gfni": (["-mavx2", "-mfma", "-mf16c", "-mavxvnni", "-mgfni"], "avx2"),
-    "sse4.2 (scalar x16)": (["-msse4.2"], "generic"),
-    "native, asan + ubsan": (["-march=native", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"], None),
+    "native": (["-march=native"], None, None),
+    "avx512 without vnni or gfni": (["-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-mf16c"], "avx512", "avx2"),
+    "avx2": (["-mavx2", "-mfma", "-mf16c"], "avx2", "avx2"),
+    "avx2 + avx-vnni + gfni": (["-mavx2", "-mfma", "-mf16c", "-mavxvnni", "-mgfni"], "avx2", "avx2"),
+    "sse4.2 (scalar)": (["-msse4.2"], "generic", "generic"),
+    "native, asan + ubsan": (["-march=native", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"], None, None),
 }
 
 
 @pytest.mark.parametrize("name", list(KERNEL_BUILDS))
 def test_kernels_match_the_exact_sum(name, tmp_path):
     """The row dot (scalar) and the 16-row kernel, 1..11 columns, random / unit-scale / extreme /
-    spread-scale blocks, against an exact float64 sum; the scalar x16 equals the row dot bit for bit."""
+    spread-scale blocks, against an exact float64 sum; the scalar x16 and the row-wise SIMD dot
+    equal the scalar row dot bit for bit."""
     from llama_cpp_build import lib_dir, src_dir
-    flags, impl = KERNEL_BUILDS[name]
+    flags, impl, row_impl = KERNEL_BUILDS[name]
     if "avx512" in " ".join(flags) and "avx512bw" not in x86_flags():
         pytest.skip("this CPU has no AVX-512")
     if "-mavxvnni" in flags and "avx_vnni" not in x86_flags():
@@ -259,7 +261,7 @@ def test_kernels_match_the_exact_sum(name, tmp_path):
     out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and "OK" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
     if impl:
-        assert f"kernel {impl}:" in out.stdout, out.stdout
+        assert f"kernel {impl}, row-wise {row_impl}:" in out.stdout, out.stdout
     assert " 42240 cases" in out.stdout, out.stdout
 
 
@@ -283,7 +285,7 @@ def test_neon_kernels_match_the_exact_sum_under_qemu(arch, impl, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     out = subprocess.run([qemu, "-L", "/usr/aarch64-linux-gnu", str(exe)], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0 and "OK" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
-    assert f"kernel {impl}:" in out.stdout and " 42240 cases" in out.stdout, out.stdout
+    assert f"kernel {impl}, row-wise {impl}:" in out.stdout and " 42240 cases" in out.stdout, out.stdout
 
 
 # ---------------------------------------------------------------- registered with ggml (type 99)

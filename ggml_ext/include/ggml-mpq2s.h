@@ -49,12 +49,13 @@ GGML_API size_t quantize_mpq2s(const float * GGML_RESTRICT src, void * GGML_REST
 GGML_API bool   mpq2s_validate_row_data(const void * data, size_t nbytes);
 
 // CPU backend (ggml-cpu). Activations are MPQ2R's Q8_0R: block_q8_0 of the turned activations,
-// four per MPQ2S block. The row-wise dot product is the scalar one on every target; the SIMD
-// kernels are the 16-row ones, which the CPU backend's repack buffer uses for every 2-D weight
-// with a multiple of 16 rows (ggml-cpu-mpq2-repack-traits.h).
+// four per MPQ2S block. The row-wise dot product (AVX2, NEON, else scalar) gives the scalar one's
+// bits; the CPU backend's repack buffer runs the 16-row kernels instead for every 2-D weight with
+// a multiple of 16 rows (ggml-cpu-mpq2-repack-traits.h).
 void quantize_row_mpq2s(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);
 void ggml_vec_dot_mpq2s_q8_0(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
                              const void * GGML_RESTRICT vy, size_t by, int nrc);
+const char * ggml_vec_dot_mpq2s_impl(void);   // "avx2", "neon_dotprod", "neon" or "generic"
 void ggml_vec_dot_mpq2s_q8_0_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
                                      const void * GGML_RESTRICT vy, size_t by, int nrc);
 

@@ -22,16 +22,29 @@ static inline int mpq2s_word_dot(uint32_t q, int zero, const int8_t * a) {
     return s;
 }
 
-// One block: the four Q8_0 blocks' integer sums (two words each), then one float sum in a fixed order.
+// One block's float sum from its four Q8_0 blocks' integer sums (two words each), in a fixed
+// order: the row-wise kernels (scalar and SIMD) and the scalar 16-row reference all end here, so
+// they agree bit for bit.
+static inline float mpq2s_block_float(uint32_t hdr, const int32_t sumi[4], const float dy[4]) {
+    const float dx = mpq2_d_from_code((uint8_t) (hdr >> 24));
+    return dx * (((dy[0] * (float) sumi[0] + dy[1] * (float) sumi[1]) + dy[2] * (float) sumi[2]) + dy[3] * (float) sumi[3]);
+}
+
 static inline float mpq2s_block_dot(uint32_t hdr, const uint32_t * qs, size_t qs_stride, const int8_t * const a[4],
                                     const float dy[4]) {
-    int sumi[4] = { 0, 0, 0, 0 };
+    int32_t sumi[4] = { 0, 0, 0, 0 };
     for (int w = 0; w < MPQ2S_WORDS; ++w) {
         const int g = (int) (hdr >> (MPQ2S_GRID_BITS*w)) & 7;
         sumi[w/2] += mpq2s_grid_mult[g] * mpq2s_word_dot(qs[w*qs_stride], mpq2s_grid_zero[g], a[w/2] + (w & 1)*16);
     }
-    const float dx = mpq2_d_from_code((uint8_t) (hdr >> 24));
-    return dx * (((dy[0] * (float) sumi[0] + dy[1] * (float) sumi[1]) + dy[2] * (float) sumi[2]) + dy[3] * (float) sumi[3]);
+    return mpq2s_block_float(hdr, sumi, dy);
+}
+
+// Word w's grid as the int16 pair (16 m, -z m) in one int32 (low half first): m (16 S - z A) is
+// then one multiply-add of the pair (S, A). The SIMD kernels look it up by the grid index.
+static inline int32_t mpq2s_grid_pair(int g) {
+    const int m = mpq2s_grid_mult[g], z = mpq2s_grid_zero[g];
+    return (int32_t) ((uint32_t) (uint16_t) (MPQ2_GRID_STEP*m) | (uint32_t) (uint16_t) (-z*m) << 16);
 }
 
 void ggml_vec_dot_mpq2s_q8_0_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
@@ -56,13 +69,6 @@ void ggml_vec_dot_mpq2s_q8_0_generic(int n, float * GGML_RESTRICT s, size_t bs, 
 
 void quantize_row_mpq2s(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k) {
     quantize_row_mpq2s_ref(x, (block_mpq2s *) y, k);
-}
-
-// Row-wise: the scalar dot product on every target. Weights the repack buffer takes (2-D, rows a
-// multiple of 16, a SIMD 16-row kernel in the build) never come here.
-void ggml_vec_dot_mpq2s_q8_0(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
-                             const void * GGML_RESTRICT vy, size_t by, int nrc) {
-    ggml_vec_dot_mpq2s_q8_0_generic(n, s, bs, vx, bx, vy, by, nrc);
 }
 
 // Rows 16g..16g+15 of src (nrows x n weights, nrows a multiple of 16) into group g of dst.
@@ -166,10 +172,7 @@ static void mpq2s_x16_mul_avx512(int n, float * s, size_t bs, const block_mpq2sx
     assert(n % QK_MPQ2S == 0);
     const int nb = n / QK_MPQ2S;
     int32_t pairs[16];
-    for (int i = 0; i < 16; ++i) {
-        const int m = mpq2s_grid_mult[i & 7], z = mpq2s_grid_zero[i & 7];
-        pairs[i] = (int32_t) ((uint32_t) (uint16_t) (MPQ2_GRID_STEP*m) | (uint32_t) (uint16_t) (-z*m) << 16);
-    }
+    for (int i = 0; i < 16; ++i) pairs[i] = mpq2s_grid_pair(i & 7);
     const __m512i pt = _mm512_loadu_si512(pairs);
     for (int64_t g = 0; g < ngroups; ++g) {
         const block_mpq2sx16 * xg = x + g*nb;
@@ -252,10 +255,7 @@ static void mpq2s_x16_mul_avx2(int n, float * s, size_t bs, const block_mpq2sx16
     assert(n % QK_MPQ2S == 0);
     const int nb = n / QK_MPQ2S;
     int32_t pairs[8];
-    for (int i = 0; i < 8; ++i) {
-        const int m = mpq2s_grid_mult[i], z = mpq2s_grid_zero[i];
-        pairs[i] = (int32_t) ((uint32_t) (uint16_t) (MPQ2_GRID_STEP*m) | (uint32_t) (uint16_t) (-z*m) << 16);
-    }
+    for (int i = 0; i < 8; ++i) pairs[i] = mpq2s_grid_pair(i);
     const __m256i pt = _mm256_loadu_si256((const __m256i *) pairs);
     for (int64_t g = 0; g < ngroups; ++g) {
         const block_mpq2sx16 * xg = x + g*nb;
@@ -413,6 +413,93 @@ static void mpq2s_x16_mul_neon(int n, float * s, size_t bs, const block_mpq2sx16
 #define MPQ2S_X16_SIMD_NAME "neon"
 #endif
 #endif
+
+// ---------------------------------------------------------------- row-wise SIMD
+// One block's four integer sums, as mpq2s_block_dot's, for ggml_vec_dot_mpq2s_q8_0: per Q8_0
+// block (two words), the codes in natural order (the word in every dword, shifted by 0, 2, 4, 6,
+// masked: byte k of dword j is the code of weight 4j + k), S = sum c a and A = sum a by pairs,
+// and m (16 S - z A) by one multiply-add with the word's grid pair. The integers are exact, and
+// the float sum is mpq2s_block_float's: the same bits as the scalar dot product.
+#if defined(__AVX2__)
+static inline void mpq2s_row_block_sums(const block_mpq2s * x, const block_q8_0 * y, int32_t sumi[4]) {
+    const __m256i shifts = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    __m256i s[4];
+    for (int j = 0; j < 4; ++j) {
+        const uint32_t w0 = x->qs[2*j], w1 = x->qs[2*j + 1];
+        const __m256i a = _mm256_loadu_si256((const __m256i *) y[j].qs);
+        const __m256i c = _mm256_and_si256(_mm256_srlv_epi32(_mm256_setr_epi32((int) w0, (int) w0, (int) w0, (int) w0,
+            (int) w1, (int) w1, (int) w1, (int) w1), shifts), _mm256_set1_epi8(3));
+        const __m256i P = _mm256_maddubs_epi16(c, a);                          // codes 0..3: no saturation
+        const __m256i A = _mm256_maddubs_epi16(_mm256_set1_epi8(1), a);
+        const int32_t p0 = mpq2s_grid_pair((int) (x->hdr >> (MPQ2S_GRID_BITS*2*j)) & 7);
+        const int32_t p1 = mpq2s_grid_pair((int) (x->hdr >> (MPQ2S_GRID_BITS*(2*j + 1))) & 7);
+        const __m256i pair = _mm256_setr_epi32(p0, p0, p0, p0, p1, p1, p1, p1);
+        s[j] = _mm256_add_epi32(_mm256_madd_epi16(_mm256_unpacklo_epi16(P, A), pair),
+                                _mm256_madd_epi16(_mm256_unpackhi_epi16(P, A), pair));
+    }
+    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
+    _mm_storeu_si128((__m128i *) sumi, _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
+}
+#define MPQ2S_ROW_SIMD_NAME "avx2"
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+static inline int32x4_t mpq2s_neon_word(uint32_t q, int8x16_t a, int32_t pair) {
+    const int32x4_t shifts = { 0, -2, -4, -6 };
+    const int8x16_t c = vreinterpretq_s8_u32(vandq_u32(vshlq_u32(vdupq_n_u32(q), shifts), vdupq_n_u32(0x03030303)));
+#if defined(__ARM_FEATURE_DOTPROD)
+    const int32x4_t S = vdotq_s32(vdupq_n_s32(0), c, a);
+    const int32x4_t A = vdotq_s32(vdupq_n_s32(0), vdupq_n_s8(1), a);
+#else
+    const int32x4_t S = vpaddlq_s16(vpaddq_s16(vmull_s8(vget_low_s8(c), vget_low_s8(a)), vmull_high_s8(c, a)));
+    const int32x4_t A = vpaddlq_s16(vpaddlq_s8(a));
+#endif
+    return vmlaq_n_s32(vmulq_n_s32(S, (int16_t) (pair & 0xFFFF)), A, (int16_t) ((uint32_t) pair >> 16));
+}
+
+static inline void mpq2s_row_block_sums(const block_mpq2s * x, const block_q8_0 * y, int32_t sumi[4]) {
+    for (int j = 0; j < 4; ++j) {
+        const int32x4_t s0 = mpq2s_neon_word(x->qs[2*j],     vld1q_s8(y[j].qs),      mpq2s_grid_pair((int) (x->hdr >> (MPQ2S_GRID_BITS*2*j)) & 7));
+        const int32x4_t s1 = mpq2s_neon_word(x->qs[2*j + 1], vld1q_s8(y[j].qs + 16), mpq2s_grid_pair((int) (x->hdr >> (MPQ2S_GRID_BITS*(2*j + 1))) & 7));
+        sumi[j] = vaddvq_s32(vaddq_s32(s0, s1));
+    }
+}
+#if defined(__ARM_FEATURE_DOTPROD)
+#define MPQ2S_ROW_SIMD_NAME "neon_dotprod"
+#else
+#define MPQ2S_ROW_SIMD_NAME "neon"
+#endif
+#endif
+
+// Row-wise (ggml's vec_dot): for weights outside the repack buffer (a row count that is not a
+// multiple of 16, 3-D expert weights, --no-repack).
+void ggml_vec_dot_mpq2s_q8_0(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
+                             const void * GGML_RESTRICT vy, size_t by, int nrc) {
+#if defined(MPQ2S_ROW_SIMD_NAME)
+    assert(n % QK_MPQ2S == 0);
+    assert(nrc == 1);
+    GGML_UNUSED(nrc); GGML_UNUSED(bx); GGML_UNUSED(by); GGML_UNUSED(bs);
+    const block_mpq2s * GGML_RESTRICT x = (const block_mpq2s *) vx;
+    const block_q8_0  * GGML_RESTRICT y = (const block_q8_0 *) vy;
+    float sumf = 0.0f;
+    for (int ib = 0; ib < n / QK_MPQ2S; ++ib) {
+        int32_t sumi[4];
+        float dy[4];
+        mpq2s_row_block_sums(x + ib, y + 4*ib, sumi);
+        for (int j = 0; j < 4; ++j) dy[j] = GGML_CPU_FP16_TO_FP32(y[4*ib + j].d);
+        sumf += mpq2s_block_float(x[ib].hdr, sumi, dy);
+    }
+    *s = sumf;
+#else
+    ggml_vec_dot_mpq2s_q8_0_generic(n, s, bs, vx, bx, vy, by, nrc);
+#endif
+}
+
+const char * ggml_vec_dot_mpq2s_impl(void) {
+#if defined(MPQ2S_ROW_SIMD_NAME)
+    return MPQ2S_ROW_SIMD_NAME;
+#else
+    return "generic";
+#endif
+}
 
 void ggml_mpq2sx16_mul(int n, float * s, size_t bs, const block_mpq2sx16 * x, int64_t ngroups,
                        const mpq2_act * y, int ncols) {

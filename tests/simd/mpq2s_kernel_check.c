@@ -1,7 +1,7 @@
 // Standalone check of MPQ2S's CPU kernels (ggml_ext/src/ggml-cpu-mpq2s.c) without building
 // llama.cpp: the scalar row dot product and the 16-row repacked kernel (the target's: AVX-512,
-// AVX2 or NEON, else its scalar reference) against an exact float64 sum, and the scalar x16 reference against
-// the scalar row dot bit for bit. Driven by tests/test_mpq2s.py, which has the build lines:
+// AVX2 or NEON, else its scalar reference) against an exact float64 sum, and the scalar x16
+// reference and the row-wise SIMD dot product (AVX2, NEON) against the scalar row dot bit for bit. Driven by tests/test_mpq2s.py, which has the build lines:
 // x86 links the built libggml-base (MPQ2R's rotation, for ggml-mpq2s.c's encoder); AArch64, with
 // no such library, drops the encoder with -ffunction-sections -Wl,--gc-sections and runs under
 // qemu-aarch64.
@@ -81,8 +81,9 @@ static void check(const char * what, int n, int kind) {
         ggml_mpq2sx16_mul_generic(n, gen, ROWS, XP, ROWS / 16, act, ncols);
         for (int c = 0; c < ncols; ++c) {
             for (int r = 0; r < ROWS; ++r) {
-                float one = NAN;
+                float one = NAN, row = NAN;
                 ggml_vec_dot_mpq2s_q8_0_generic(n, &one, 0, X[r], 0, Y[c], 0, 1);
+                ggml_vec_dot_mpq2s_q8_0(n, &row, 0, X[r], 0, Y[c], 0, 1);
                 double asum;
                 const double ref = reference(X[r], Y[c], n, &asum);
                 const double err = fabs((double) simd[c*ROWS + r] - ref);
@@ -91,11 +92,12 @@ static void check(const char * what, int n, int kind) {
                 n_exact += exact;
                 if (asum > 0 && err / asum > worst_rel) worst_rel = err / asum;
                 const int bad = memcmp(&one, &gen[c*ROWS + r], sizeof(float)) != 0          // x16 reference = row dot, bit for bit
+                             || memcmp(&one, &row, sizeof(float)) != 0                      // row-wise SIMD = row dot, bit for bit
                              || !(err <= REL_TOL * asum + 1e-30)
                              || (exact && ((double) simd[c*ROWS + r] != ref || (double) one != ref));
                 if (bad && ++n_fail <= 20) {
-                    fprintf(stderr, "FAIL %-14s n=%5d cols=%2d row %2d col %2d: simd %.9g generic x16 %.9g row dot %.9g exact %.9g\n",
-                            what, n, ncols, r, c, simd[c*ROWS + r], gen[c*ROWS + r], one, ref);
+                    fprintf(stderr, "FAIL %-14s n=%5d cols=%2d row %2d col %2d: simd %.9g generic x16 %.9g row dot %.9g "
+                            "row-wise simd %.9g exact %.9g\n", what, n, ncols, r, c, simd[c*ROWS + r], gen[c*ROWS + r], one, row, ref);
                 }
             }
         }
@@ -109,8 +111,8 @@ int main(void) {
     for (int k = 0; k < 4; ++k) {
         for (size_t i = 0; i < sizeof(ns) / sizeof(ns[0]); ++i) check(kinds[k], ns[i], k);
     }
-    printf("mpq2s x16 kernel %s: %d cases, %d exact, worst |err|/sum|terms| %.3g\n",
-           ggml_mpq2sx16_impl(), n_cases, n_exact, worst_rel);
+    printf("mpq2s x16 kernel %s, row-wise %s: %d cases, %d exact, worst |err|/sum|terms| %.3g\n",
+           ggml_mpq2sx16_impl(), ggml_vec_dot_mpq2s_impl(), n_cases, n_exact, worst_rel);
     if (n_fail) {
         printf("FAILED %d\n", n_fail);
         return 1;
