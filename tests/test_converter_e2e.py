@@ -81,40 +81,36 @@ def test_better_than_round_to_nearest_mpq2r(tiny):
     assert ppl_ours < 1.1 * ppl_f32, (ppl_f32, ppl_ours)
 
 
-@pytest.fixture(scope="module")
-def tiny_p(tiny):
-    """The paper's layout as is (--type mpq2)."""
-    out = tiny["root"] / "paper-mpq2.gguf"
-    proc = convert(tiny["hf"], "-o", out, "--type", "mpq2", *FAST)
+def _converted(tiny, name: str, type_name: str) -> dict:
+    out = tiny["root"] / name
+    proc = convert(tiny["hf"], "-o", out, "--type", type_name, *FAST)
     return {**tiny, "out": out, "summary": proc.stdout}
 
 
-def test_mpq2_types_and_summary(tiny_p):
-    types = h.tensor_types(tiny_p["out"])
-    blk = {n: t for n, t in types.items() if n.startswith("blk.") and not n.endswith("norm.weight")}
-    assert all(t == ("Q5_0" if n.endswith("attn_v.weight") else "MPQ2") for n, t in blk.items()), blk
-    assert types["token_embd.weight"] == "MPQ2" and types["output.weight"] == "MPQ2"
-    row = next(line for line in tiny_p["summary"].splitlines() if line.startswith("blk.0.ffn_down.weight"))
-    assert row.split()[1] == "mpq2" and float(row.split()[-1]) < 0.5
+@pytest.fixture(scope="module")
+def tiny_p(tiny):
+    """The paper's layout as is (--type mpq2)."""
+    return _converted(tiny, "paper-mpq2.gguf", "mpq2")
 
 
 @pytest.fixture(scope="module")
 def tiny_s(tiny):
     """The 2.25-bit tier (--type mpq2s): every row of the tiny model is a multiple of 128."""
-    out = tiny["root"] / "mpq2s.gguf"
-    proc = convert(tiny["hf"], "-o", out, "--type", "mpq2s", *FAST)
-    return {**tiny, "out": out, "summary": proc.stdout}
+    return _converted(tiny, "mpq2s.gguf", "mpq2s")
 
 
-def test_mpq2s_types_summary_and_size(tiny_s):
-    types = h.tensor_types(tiny_s["out"])
+@pytest.mark.parametrize("which", ["mpq2", "mpq2s"])
+def test_type_option_types_and_summary(tiny, tiny_p, tiny_s, which):
+    conv = {"mpq2": tiny_p, "mpq2s": tiny_s}[which]
+    types = h.tensor_types(conv["out"])
     blk = {n: t for n, t in types.items() if n.startswith("blk.") and not n.endswith("norm.weight")}
-    assert all(t == ("Q5_0" if n.endswith("attn_v.weight") else "MPQ2S") for n, t in blk.items()), blk
-    assert types["token_embd.weight"] == "MPQ2S" and types["output.weight"] == "MPQ2S"
-    row = next(line for line in tiny_s["summary"].splitlines() if line.startswith("blk.0.ffn_down.weight"))
-    assert row.split()[1] == "mpq2s" and row.split()[2] == "0/" + row.split()[2].split("/")[1]   # no int8 words
-    assert row.split()[3] == "2.25" and float(row.split()[-1]) < 0.5
-    assert tiny_s["out"].stat().st_size < 0.95 * tiny_s["out"].with_name("mpq2.gguf").stat().st_size
+    assert all(t == ("Q5_0" if n.endswith("attn_v.weight") else which.upper()) for n, t in blk.items()), blk
+    assert types["token_embd.weight"] == which.upper() and types["output.weight"] == which.upper()
+    row = next(line for line in conv["summary"].splitlines() if line.startswith("blk.0.ffn_down.weight")).split()
+    assert row[1] == which and float(row[-1]) < 0.5
+    if which == "mpq2s":   # no int8 words, 2.25 bits per weight, a smaller file than the default's
+        assert row[2].startswith("0/") and row[3] == "2.25", row
+        assert conv["out"].stat().st_size < 0.95 * tiny["out"].stat().st_size
 
 
 @pytest.mark.parametrize("which", ["mpq2r", "mpq2", "mpq2s"])

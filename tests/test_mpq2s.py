@@ -319,14 +319,15 @@ def test_row_wise_dot_product_through_the_cpu_backend(rng):
     got = ggml.dot(q, a, qtype="mpq2s")
     want = ggml.dequantize(q, qtype="mpq2s") @ a
     assert np.abs(got - want).max() < 0.02 * np.abs(want).max(), np.abs(got - want).max()
-    # the same integers as the 16-row kernel's reference on the same Q8_0R activations
+    # its activations are MPQ2R's: Q8_0 of the turned vector (Q8_0R)
     a8 = ggml.quantize_q8_0(a, qtype="mpq2s")
     np.testing.assert_array_equal(a8, ggml.quantize_q8_0(a, qtype="mpq2r"))
 
 
-def test_llama_quantize_makes_mpq2s_and_falls_back_to_mpq2r(tmp_path):
+def test_llama_quantize_and_the_converter_fall_back_to_mpq2r(tmp_path):
     """llama-quantize lists MPQ2S and writes it where rows are a multiple of 128; rows of 64k
-    (here 192 inputs: the attention and ffn_gate/up) get MPQ2R, not upstream's 4-bit fallback."""
+    (here 192 inputs: the attention and ffn_gate/up) get MPQ2R, not upstream's 4-bit fallback;
+    convert_mpq.py --type mpq2s does the same."""
     import e2e_helpers as h
     import tiny_llama
     proc = h.run([h.tool("llama-quantize"), "--help"], check=False)
@@ -341,6 +342,13 @@ def test_llama_quantize_makes_mpq2s_and_falls_back_to_mpq2r(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text(tiny_llama.corpus(100, seed=3))
     assert np.isfinite(h.perplexity(out, text, 64))
+    # the converter's rule is the same, and it says so even with --quiet
+    conv = tmp_path / "c.gguf"
+    proc = h.convert(hf, "-o", conv, "--type", "mpq2s", *h.FAST)
+    assert "blk.0.attn_q.weight: rows of 192 are not a multiple of the mpq2s block; using mpq2r" in proc.stderr, proc.stderr
+    types = h.tensor_types(conv)
+    assert types["blk.0.ffn_down.weight"] == "MPQ2S" and types["blk.0.ffn_up.weight"] == "MPQ2R", types
+    assert np.isfinite(h.perplexity(conv, text, 64))
 
 
 def test_test_quantize_fns_passes_for_mpq2s():

@@ -249,7 +249,7 @@ def test_llama_quantize_falls_back_on_rows_not_a_multiple_of_64(tmp_path):
 
 # ---------------------------------------------------------------- other table damage
 
-@pytest.mark.parametrize("type_id,needle", [(95, "not a multiple of block size (0)"), (99, "invalid ggml type 99")])
+@pytest.mark.parametrize("type_id,needle", [(95, "not a multiple of block size (0)"), (100, "invalid ggml type 100")])
 def test_unknown_tensor_type(good, tmp_path, type_id, needle):
     t = good["layout"].tensor(UP)
     path = write_bad(tmp_path, f"type{type_id}", gd.set_u32(good["data"], t.type_offset, type_id))

@@ -113,8 +113,8 @@ def convert(opts) -> Result:
     inp = open_model(opts.model)
     skel = skeleton.build(inp.config)
     plan = make_plan(inp, skel, opts)
-    for note in plan.notes:
-        say(opts, note)
+    for note in plan.notes:   # the fallbacks: even with --quiet, they change the file's types
+        print("convert_mpq:", note, file=sys.stderr)
     run = resume.RunState(opts.outfile, opts.fingerprint, opts.input_identity)
     saved = run.open(opts.resume, opts.force)
     try:

@@ -59,28 +59,6 @@ const char * ggml_vec_dot_mpq2s_impl(void);   // "avx2", "neon_dotprod", "neon" 
 void ggml_vec_dot_mpq2s_q8_0_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
                                      const void * GGML_RESTRICT vy, size_t by, int nrc);
 
-// 16 rows interleaved (as block_mpq2x16): word w of rows 0..15 is one 64-byte vector.
-typedef struct {
-    uint32_t hdr[16];                  // headers of rows 0..15, as in the file
-    uint32_t qs[MPQ2S_WORDS][16];      // word w of rows 0..15
-} block_mpq2sx16;
-
-#ifdef __cplusplus
-static_assert(sizeof(block_mpq2sx16) == 16*sizeof(block_mpq2s), "wrong mpq2sx16 block size/padding");
-#else
-_Static_assert(sizeof(block_mpq2sx16) == 16*sizeof(block_mpq2s), "wrong mpq2sx16 block size/padding");
-#endif
-
-// Rows 16g..16g+15 of src into group g of dst; the 16-row kernel (AVX-512, else the scalar
-// reference) and the scalar reference: s[c*bs + 16g + r] = row 16g + r . column c. y points at
-// mpq2_act columns (ggml-cpu-mpq2-repack.h), as MPQ2's repacked kernel takes them.
-void ggml_mpq2s_repack_x16(block_mpq2sx16 * dst, const block_mpq2s * src, int64_t nrows, int64_t n);
-#ifdef MPQ2_RP_ROWS
-void ggml_mpq2sx16_mul(int n, float * s, size_t bs, const block_mpq2sx16 * x, int64_t ngroups, const mpq2_act * y, int ncols);
-void ggml_mpq2sx16_mul_generic(int n, float * s, size_t bs, const block_mpq2sx16 * x, int64_t ngroups, const mpq2_act * y, int ncols);
-#endif
-const char * ggml_mpq2sx16_impl(void);
-
 #ifdef __cplusplus
 }
 #endif

@@ -9,6 +9,7 @@
 #pragma once
 
 #include "ggml-mpq2.h"   // and, before this header, ggml-common.h (block_q8_0)
+#include "ggml-mpq2s.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -75,6 +76,28 @@ void ggml_mpq2x16_mul_generic(int n, float * s, size_t bs, const block_mpq2x16 *
 // The kernel ggml_mpq2x16_mul runs ("avx512_vnni_gfni", ... or "generic": then the CPU
 // backend does not repack, since the row-wise vec_dot is faster than a scalar loop).
 const char * ggml_mpq2x16_impl(void);
+
+// ---- MPQ2S (ggml_ext/src/ggml-cpu-mpq2s.c): the same scheme, 36-byte blocks of 128 weights
+
+// 16 rows interleaved (as block_mpq2x16): word w of rows 0..15 is one 64-byte vector.
+typedef struct {
+    uint32_t hdr[16];                  // headers of rows 0..15, as in the file
+    uint32_t qs[MPQ2S_WORDS][16];      // word w of rows 0..15
+} block_mpq2sx16;
+
+#ifdef __cplusplus
+static_assert(sizeof(block_mpq2sx16) == 16*sizeof(block_mpq2s), "wrong mpq2sx16 block size/padding");
+#else
+_Static_assert(sizeof(block_mpq2sx16) == 16*sizeof(block_mpq2s), "wrong mpq2sx16 block size/padding");
+#endif
+
+// Rows 16g..16g+15 of src into group g of dst; the 16-row kernel (AVX-512, AVX2, NEON, else the
+// scalar reference) and the scalar reference: s[c*bs + 16g + r] = row 16g + r . column c, on the
+// same mpq2_act columns as MPQ2's kernels (activations Q8_0R).
+void ggml_mpq2s_repack_x16(block_mpq2sx16 * dst, const block_mpq2s * src, int64_t nrows, int64_t n);
+void ggml_mpq2sx16_mul(int n, float * s, size_t bs, const block_mpq2sx16 * x, int64_t ngroups, const mpq2_act * y, int ncols);
+void ggml_mpq2sx16_mul_generic(int n, float * s, size_t bs, const block_mpq2sx16 * x, int64_t ngroups, const mpq2_act * y, int ncols);
+const char * ggml_mpq2sx16_impl(void);
 
 #ifdef __cplusplus
 }

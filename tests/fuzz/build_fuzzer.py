@@ -5,7 +5,7 @@
 Sources: from the patched llama.cpp tree (build/llama.cpp-src, or LLAMA_MPQ2_SRC_DIR) the few
 ggml-base files the GGUF reader and the MPQ2 code need (gguf.cpp, ggml.c, ggml-quants.c,
 ggml-threading.cpp; tests/fuzz/ggml_backend_stubs.c stands in for the four ggml-backend
-functions they reference on paths the target never takes), and ours (ggml_ext/src/ggml-mpq2.c, ggml-mpq2r.c, ggml-cpu-mpq2.c with this machine's
+functions they reference on paths the target never takes), and ours (ggml_ext/src/ggml-mpq2*.c, ggml-cpu-mpq2*.c with this machine's
 SIMD kernel, -march=native). One compiler job at a time, -O1. The binary is cached under a key
 of every input's content and the flags, so a second run costs nothing.
 """
@@ -64,7 +64,8 @@ def sources(src: Path) -> list[Path]:
     g = src / "ggml/src"
     return [g / "gguf.cpp", g / "ggml.c", g / "ggml-quants.c", g / "ggml-threading.cpp",
             ROOT / "ggml_ext/src/ggml-mpq2.c", ROOT / "ggml_ext/src/ggml-mpq2r.c", ROOT / "ggml_ext/src/ggml-cpu-mpq2.c",
-            ROOT / "ggml_ext/src/ggml-cpu-mpq2-repack.c",
+            ROOT / "ggml_ext/src/ggml-cpu-mpq2-repack.c", ROOT / "ggml_ext/src/ggml-mpq2s.c",
+            ROOT / "ggml_ext/src/ggml-cpu-mpq2s.c",
             HERE / "ggml_backend_stubs.c",
             HARNESS]
 

@@ -2,7 +2,7 @@
 //
 // Built by tests/fuzz/build_fuzzer.py (clang, -fsanitize=fuzzer,address,undefined) from the
 // patched llama.cpp sources in build/llama.cpp-src (gguf.cpp, ggml.c, ggml-quants.c,
-// ggml-threading.cpp) and ours (ggml_ext/src/ggml-mpq2.c, ggml-mpq2r.c, ggml-cpu-mpq2.c). See docs/ROBUSTNESS.md.
+// ggml-threading.cpp) and ours (ggml_ext/src/ggml-mpq2*.c, ggml-cpu-mpq2*.c). See docs/ROBUSTNESS.md.
 //
 // An input that starts with "GGUF" is a file:
 //   0. gguf_init_from_buffer without a ggml context, to screen out an upstream abort (below).
@@ -15,9 +15,11 @@
 //      against a Q8_0 vector, row by row, the 2x2 kernel (nrc = 2) on the first row, and the
 //      repacked 16-row kernels (ggml_mpq2_repack_x16, ggml_mpq2_act_finish, ggml_mpq2x16_mul
 //      and its _generic reference) on the tensor's blocks. MPQ2R tensors the same (same blocks
-//      and kernels, decoded turned back too); Q8_0R tensors: validation and the decode.
+//      and kernels, decoded turned back too); Q8_0R tensors: validation and the decode; MPQ2S
+//      tensors: validation, the decode, the row-wise dot (scalar and SIMD) and the 16-row kernels.
 // Any other input is raw MPQ2 bytes: validate, dequantize (any bit pattern must be memory
-// safe), and the dot products (row-wise, 2x2, repacked) when validation passed.
+// safe), and the dot products (row-wise, 2x2, repacked) when validation passed; the same bytes
+// are also read as MPQ2S blocks (36 bytes each; every bit pattern is a valid MPQ2S block).
 //
 // Oracles, besides the sanitizers: an independent decoder and validator written here from
 // docs/FORMAT.md must agree bit for bit with the C code; every block decodes to finite values;
@@ -43,6 +45,7 @@
 #include "ggml-impl.h"    // gguf_type_size
 #include "gguf.h"
 #include "ggml-mpq2.h"
+#include "ggml-mpq2s.h"
 
 #define GGML_COMMON_DECL_C
 #include "ggml-common.h"
@@ -304,6 +307,122 @@ static void check_x16(const uint8_t * blocks, int64_t total, uint32_t seed) {
     free(rows);
 }
 
+// ---------------------------------------------------------------- MPQ2S (FORMAT.md "MPQ2S")
+
+static const int REF_S_MULT[8] = { 20, 25, 25, 25, 32, 32, 32, 40 };
+static const int REF_S_ZERO[8] = { 24, 16, 24, 32, 16, 24, 32, 24 };
+
+// Turned weight j (0..127) of the 36-byte block at p: header (grid index of word w in bits
+// 3w..3w+2, scale code in bits 24..31), then eight words with MPQ2's 2-bit bit order.
+static float ref_weight_s(const uint8_t * p, int j) {
+    const uint32_t hdr = rd32(p);
+    const int w = j / 16, i = j % 16, g = (int) (hdr >> (3*w)) & 7;
+    const int c = (int) (rd32(p + 4 + 4*w) >> (8*(i % 4) + 2*(i/4))) & 3;
+    return ref_scale((uint8_t) (hdr >> 24)) * (float) (REF_S_MULT[g] * (16*c - REF_S_ZERO[g]));
+}
+
+// One row of nb MPQ2S blocks: the decode is the reference's, turned back by MPQ2R's rotation
+// (bit for bit: the same float operations), finite; the row-wise dot products (scalar, and this
+// build's SIMD one bit for bit) against a float64 sum over the turned weights and the
+// activations as the kernels see them (already turned: Q8_0R).
+static void check_row_s(const uint8_t * row, int64_t nb, uint32_t seed) {
+    const int64_t n = nb * QK_MPQ2S;
+    std::vector<float> y(n), t(n), back(n);
+    dequantize_row_mpq2s((const block_mpq2s *) row, y.data(), n);
+    for (int64_t j = 0; j < n; ++j) {
+        t[j] = ref_weight_s(row + (j / QK_MPQ2S) * sizeof(block_mpq2s), (int) (j % QK_MPQ2S));
+    }
+    mpq2r_unrotate(t.data(), back.data(), n);
+    for (int64_t j = 0; j < n; ++j) {
+        FUZZ_CHECK(same_float(y[j], back[j]), "mpq2s weight %lld: dequantize_row_mpq2s %a, FORMAT.md %a",
+                   (long long) j, y[j], back[j]);
+        FUZZ_CHECK(std::isfinite(y[j]), "mpq2s block %lld decodes to %a", (long long) (j / QK_MPQ2S), y[j]);
+    }
+    block_q8_0 * a = make_q8_0(n, seed);
+    double ref = 0.0, mag = 0.0;
+    for (int64_t j = 0; j < n; ++j) {
+        const double v = (double) t[j] * ((double) ref_fp16_to_fp32(a[j / QK8_0].d) * a[j / QK8_0].qs[j % QK8_0]);
+        ref += v;
+        mag += std::fabs(v);
+    }
+    float s_generic = NAN, s_kernel = NAN;
+    ggml_vec_dot_mpq2s_q8_0_generic((int) n, &s_generic, 0, row, 0, a, 0, 1);
+    ggml_vec_dot_mpq2s_q8_0((int) n, &s_kernel, 0, row, 0, a, 0, 1);
+    FUZZ_CHECK(std::fabs(s_generic - ref) <= 1e-4 * mag + 1e-30, "mpq2s generic dot %.9g, reference %.9g (sum|t| %.3g, n %lld)",
+               s_generic, ref, mag, (long long) n);
+    FUZZ_CHECK(same_float(s_kernel, s_generic), "mpq2s %s dot %a, generic %a (n %lld)", ggml_vec_dot_mpq2s_impl(),
+               s_kernel, s_generic, (long long) n);
+    free(a);
+}
+
+// The 16-row kernels on `total` blocks cut into 16 rows (cycled when fewer), as check_x16.
+static void check_x16_s(const uint8_t * blocks, int64_t total, uint32_t seed) {
+    const int64_t nb = total >= 16 ? total / 16 : 1;
+    const int64_t n = nb * QK_MPQ2S;
+    const int ncols = 1 + (int) (seed % 11);
+    block_mpq2s * rows = (block_mpq2s *) malloc(16 * nb * sizeof(block_mpq2s));
+    for (int64_t i = 0; i < 16 * nb; ++i) {
+        std::memcpy(rows + i, blocks + (i % total) * sizeof(block_mpq2s), sizeof(block_mpq2s));
+    }
+    block_mpq2sx16 * xp = (block_mpq2sx16 *) aligned_alloc(64, nb * sizeof(block_mpq2sx16));
+    ggml_mpq2s_repack_x16(xp, rows, 16, n);
+    std::vector<void *> bufs(ncols);
+    std::vector<mpq2_act> act(ncols);
+    std::vector<block_q8_0 *> cols(ncols);
+    const size_t act_bytes = (ggml_mpq2_act_size(n) + 63) & ~(size_t) 63;
+    for (int c = 0; c < ncols; ++c) {
+        cols[c] = make_q8_0(n, seed + 7919u * (uint32_t) c);
+        bufs[c] = aligned_alloc(64, act_bytes);
+        std::memcpy(bufs[c], cols[c], (n / QK8_0) * sizeof(block_q8_0));
+        ggml_mpq2_act_finish(bufs[c], n, &act[c]);
+    }
+    std::vector<float> gen(16 * ncols, NAN), got(16 * ncols, NAN), t(n);
+    ggml_mpq2sx16_mul_generic((int) n, gen.data(), 16, xp, 1, act.data(), ncols);
+    ggml_mpq2sx16_mul((int) n, got.data(), 16, xp, 1, act.data(), ncols);
+    for (int r = 0; r < 16; ++r) {
+        for (int64_t j = 0; j < n; ++j) {
+            t[j] = ref_weight_s((const uint8_t *) (rows + r * nb) + (j / QK_MPQ2S) * sizeof(block_mpq2s), (int) (j % QK_MPQ2S));
+        }
+        for (int c = 0; c < ncols; ++c) {
+            float one = NAN;
+            ggml_vec_dot_mpq2s_q8_0_generic((int) n, &one, 0, rows + r * nb, 0, cols[c], 0, 1);
+            const int i = c * 16 + r;
+            FUZZ_CHECK(same_float(one, gen[i]), "mpq2s x16 generic row %d col %d = %a, vec_dot generic %a (n %lld)",
+                       r, c, gen[i], one, (long long) n);
+            double ref = 0.0, mag = 0.0;
+            for (int64_t j = 0; j < n; ++j) {
+                const double v = (double) t[j] * ((double) ref_fp16_to_fp32(cols[c][j / QK8_0].d) * cols[c][j / QK8_0].qs[j % QK8_0]);
+                ref += v;
+                mag += std::fabs(v);
+            }
+            FUZZ_CHECK(std::fabs(got[i] - ref) <= 1e-5 * mag + 1e-30, "mpq2s %s x16 row %d col %d of %d = %.9g, reference %.9g "
+                       "(sum|t| %.3g, n %lld)", ggml_mpq2sx16_impl(), r, c, ncols, got[i], ref, mag, (long long) n);
+        }
+    }
+    for (int c = 0; c < ncols; ++c) {
+        free(bufs[c]);
+        free(cols[c]);
+    }
+    free(xp);
+    free(rows);
+}
+
+// Raw bytes as MPQ2S: the size alone decides validity; whole blocks go through every check.
+static void fuzz_raw_s(const uint8_t * buf, size_t size) {
+    const bool valid = size % sizeof(block_mpq2s) == 0;
+    FUZZ_CHECK(mpq2s_validate_row_data(buf, size) == valid, "mpq2s_validate_row_data on %zu bytes", size);
+    FUZZ_CHECK(ggml_validate_row_data(GGML_TYPE_MPQ2S, buf, size) == valid, "ggml_validate_row_data(MPQ2S) on %zu bytes", size);
+    const size_t nb = size / sizeof(block_mpq2s);
+    if (nb == 0) {
+        return;
+    }
+    uint8_t * blocks = (uint8_t *) malloc(nb * sizeof(block_mpq2s));      // exactly sized: ASan sees any overread
+    std::memcpy(blocks, buf, nb * sizeof(block_mpq2s));
+    check_row_s(blocks, (int64_t) nb, (uint32_t) size);
+    check_x16_s(blocks, (int64_t) nb, (uint32_t) size);
+    free(blocks);
+}
+
 // The C quantizers on the same bytes read as floats (any bit pattern: NaN, Inf, subnormals), when
 // they are whole 64-float blocks: MPQ2 and MPQ2R must write valid, finite blocks whatever the
 // input (llama-quantize does not check its floats); with an imatrix (the floats' magnitudes, NaN
@@ -322,6 +441,15 @@ static void check_quantizer(const uint8_t * buf, size_t size) {
     }
     const float fraction = buf[0] % 3 == 0 ? 0.0f : buf[0] % 3 == 1 ? 0.125f : 1.0f;
     const float * imatrix = (buf[1] & 1) ? im.data() : nullptr;
+    if (n % QK_MPQ2S == 0) {      // MPQ2S: any floats give blocks that decode to finite weights
+        std::vector<uint8_t> qs((n / QK_MPQ2S) * sizeof(block_mpq2s));
+        const size_t wrote = quantize_mpq2s(x.data(), qs.data(), 1, n, imatrix);
+        FUZZ_CHECK(wrote == qs.size(), "quantize_mpq2s wrote %zu bytes for %lld weights", wrote, (long long) n);
+        dequantize_row_mpq2s((const block_mpq2s *) qs.data(), y.data(), n);
+        for (int64_t j = 0; j < n; ++j) {
+            FUZZ_CHECK(std::isfinite(y[j]), "quantize_mpq2s: weight %lld decodes to %a", (long long) j, y[j]);
+        }
+    }
     std::vector<uint8_t> q((n / QK_MPQ2) * sizeof(block_mpq2));
     for (int rot = 0; rot < 2; ++rot) {
         const size_t wrote = rot ? quantize_mpq2r_ex(x.data(), q.data(), 1, n, imatrix, fraction)
@@ -357,6 +485,7 @@ static void fuzz_raw(const uint8_t * data, size_t size) {
         }
         free(blocks);
     }
+    fuzz_raw_s(buf, size);
     check_quantizer(buf, size);
     free(buf);
 }
@@ -451,11 +580,35 @@ static void check_q8_0r_tensor(const ggml_tensor * t, bool valid) {
     }
 }
 
+// MPQ2S: every tensor gguf.cpp accepts is whole blocks, and every block is valid.
+static void check_mpq2s_tensor(const ggml_tensor * t, bool valid, uint32_t seed) {
+    FUZZ_CHECK(t->ne[0] % QK_MPQ2S == 0, "MPQ2S tensor '%s' with %lld weights per row was accepted", t->name, (long long) t->ne[0]);
+    FUZZ_CHECK(valid, "'%s': an MPQ2S tensor failed validation", t->name);
+    const size_t nbytes = ggml_nbytes(t);
+    if (nbytes == 0) {
+        return;
+    }
+    const size_t row_bytes = ggml_row_size(t->type, t->ne[0]);
+    uint8_t * row = (uint8_t *) malloc(row_bytes);
+    for (int64_t r = 0; r < (int64_t) (nbytes / row_bytes) && r < MAX_DOT_ROWS; ++r) {
+        std::memcpy(row, (const uint8_t *) t->data + r * row_bytes, row_bytes);
+        check_row_s(row, t->ne[0] / QK_MPQ2S, seed + (uint32_t) r);
+    }
+    free(row);
+    const int64_t nblocks = (int64_t) (nbytes / sizeof(block_mpq2s));
+    const int64_t take = nblocks < MAX_X16_BLOCKS ? nblocks : MAX_X16_BLOCKS;
+    check_x16_s((const uint8_t *) t->data, take, seed);
+}
+
 static void check_tensor(const ggml_tensor * t, uint32_t seed) {
     const size_t nbytes = ggml_nbytes(t);
     const bool valid = ggml_validate_row_data(t->type, t->data, nbytes);   // llama.cpp --check-tensors
     if (t->type == GGML_TYPE_Q8_0R) {
         check_q8_0r_tensor(t, valid);
+        return;
+    }
+    if (t->type == GGML_TYPE_MPQ2S) {
+        check_mpq2s_tensor(t, valid, seed);
         return;
     }
     if (t->type != GGML_TYPE_MPQ2 && t->type != GGML_TYPE_MPQ2R) {     // MPQ2R: the same blocks and kernels
@@ -599,8 +752,9 @@ extern "C" int LLVMFuzzerInitialize(int *, char ***) {
     if (const char * probe = getenv("MPQ2_FUZZ_ASSERT_PROBE")) {
         assert_probe(probe);
     }
-    fprintf(stderr, "fuzz_gguf_mpq2: vec_dot kernel %s (and generic), x16 kernel %s (and generic)\n",
-            ggml_vec_dot_mpq2_q8_0_impl(), ggml_mpq2x16_impl());
+    fprintf(stderr, "fuzz_gguf_mpq2: vec_dot kernel %s (and generic), x16 kernel %s (and generic); "
+            "mpq2s: vec_dot %s, x16 %s\n", ggml_vec_dot_mpq2_q8_0_impl(), ggml_mpq2x16_impl(),
+            ggml_vec_dot_mpq2s_impl(), ggml_mpq2sx16_impl());
     for (int d = 0; d < 256; ++d) {
         const float r = ref_scale((uint8_t) d);
         FUZZ_CHECK(std::isfinite(r) && r > 0.0f && same_float(r, mpq2_d_from_code((uint8_t) d)),

@@ -15,6 +15,7 @@ import numpy as np
 MPQ2 = 96
 MPQ2R = 97     # the same blocks in a rotated basis
 Q8_0R = 98     # MPQ2R's activations: two Q8_0 blocks per 64 weights
+MPQ2S = 99     # the 2.25-bit tier: 36 bytes per 128 weights
 BLOCK = 20
 _SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}   # gguf_type -> bytes
 _STRING, _ARRAY = 8, 9
@@ -49,7 +50,8 @@ class Layout:
 
 def _type_size(ggml_type: int) -> tuple[int, int]:
     """(block size, type size) of the ggml types these files use."""
-    return {0: (1, 4), 1: (1, 2), 8: (32, 34), MPQ2: (64, BLOCK), MPQ2R: (64, BLOCK), Q8_0R: (64, 68)}[ggml_type]
+    return {0: (1, 4), 1: (1, 2), 8: (32, 34), MPQ2: (64, BLOCK), MPQ2R: (64, BLOCK), Q8_0R: (64, 68),
+            MPQ2S: (128, 36)}[ggml_type]
 
 
 def layout(data: bytes) -> Layout:

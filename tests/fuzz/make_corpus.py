@@ -43,6 +43,13 @@ def seeds() -> dict[str, bytes]:
     out["seed-gguf-mpq2r"] = gd.set_u32(base, t.type_offset, gd.MPQ2R)              # the same blocks, rotated
     # Q8_0R: token_embd's Q8_0 bytes, (2, 64), are one Q8_0R block per row
     out["seed-gguf-q8_0r"] = gd.set_u32(base, lay.tensor("token_embd.weight").type_offset, gd.Q8_0R)
+    # MPQ2S: a 2-D and a 3-D tensor of encoded rows, and the largest header (every bit set)
+    with tempfile.TemporaryDirectory() as tmp:
+        out["seed-gguf-mpq2s"] = _mpq2s_gguf(Path(tmp) / "s.gguf")
+    s_lay = gd.layout(out["seed-gguf-mpq2s"])
+    s_up = s_lay.tensor("blk.0.ffn_up.weight")
+    out["seed-gguf-mpq2s-largest-header"] = gd.patch(out["seed-gguf-mpq2s"], s_up.data_offset, b"\xff\xff\xff\xff")
+    out["seed-gguf-mpq2s-row-192"] = gd.set_u64(out["seed-gguf-mpq2s"], s_up.ne_offsets[0], 192)   # not a multiple of 128
     out["seed-gguf-offset-past-end"] = gd.set_u64(base, lay.tensors[-1].offset_offset, 1 << 40)
     out["seed-gguf-rows-past-end"] = gd.set_u64(base, t.ne_offsets[1], 1 << 20)
     # raw MPQ2 blocks
@@ -69,6 +76,17 @@ def seeds() -> dict[str, bytes]:
     odd[40] = np.float32(1e-42)                     # subnormal
     out["seed-raw-floats-64-nonfinite"] = odd.tobytes()
     return out
+
+
+def _mpq2s_gguf(path: Path) -> bytes:
+    import numpy as np
+    sys.path.insert(0, str(HERE.parents[1] / "converter"))
+    from mpq2 import codec_s
+    rng = np.random.default_rng(5)
+    up = codec_s.quantize(rng.standard_normal((3, 256)).astype(np.float32))
+    down = codec_s.quantize(rng.standard_normal((4, 128)).astype(np.float32)).reshape(2, 2, 36)
+    return gd.write(path, [("blk.0.ffn_up.weight", up, gd.MPQ2S), ("blk.0.ffn_down.weight", down, gd.MPQ2S)],
+                    {"general.name": "mpq2s fuzz seed"}).read_bytes()
 
 
 def main() -> None:
