@@ -366,3 +366,22 @@ def test_backend_ops_pass_for_mpq2s():
     ran = [line for line in proc.stdout.splitlines() if "mpq2s" in line and "OK" in line]
     for op in ("MUL_MAT(", "GET_ROWS(", "SET_ROWS(", "CPY("):
         assert any(line.strip().startswith(op) for line in ran), f"no passing {op} test for mpq2s:\n{proc.stdout[-3000:]}"
+
+
+def test_bindings_read_an_mpq2s_tensor_through_the_c_decoder(tmp_path, rng):
+    """llama_mpq2.read_tensor decodes MPQ2S with ggml's C code (no converter needed), as llama.cpp will."""
+    import gguf
+    from llama_mpq2 import read_tensor, read_tensor_bytes
+    w = rng.standard_normal((5, 256)).astype(np.float32)
+    q = codec_s.quantize(w)
+    path = tmp_path / "s.gguf"
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_tensor("blk.0.ffn_up.weight", q, raw_dtype=gguf.GGMLQuantizationType.MPQ2S)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    raw, info = read_tensor_bytes(path, "blk.0.ffn_up.weight")
+    assert info.type_name == "MPQ2S" and info.shape == (5, 256) and info.bits_per_weight == 2.25
+    np.testing.assert_array_equal(raw, q)
+    np.testing.assert_array_equal(read_tensor(path, "blk.0.ffn_up.weight"), codec_s.dequantize(q))

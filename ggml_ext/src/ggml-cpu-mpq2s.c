@@ -195,10 +195,13 @@ static void mpq2s_x16_mul_avx512(int n, float * s, size_t bs, const block_mpq2sx
 // kernel needs two lookups and a vpmulld per word, MPQ2S needs one lookup.
 #if defined(__AVXVNNI__)
 #define MPQ2S_DOT8(acc, u, a) _mm256_dpbusd_avx_epi32((acc), (u), (a))
+#define MPQ2S_HAS_VNNI8 1
 #elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
 #define MPQ2S_DOT8(acc, u, a) _mm256_dpbusd_epi32((acc), (u), (a))
+#define MPQ2S_HAS_VNNI8 1
 #else
 #define MPQ2S_DOT8(acc, u, a) _mm256_add_epi32((acc), _mm256_madd_epi16(_mm256_maddubs_epi16((u), (a)), _mm256_set1_epi16(1)))
+#define MPQ2S_HAS_VNNI8 0
 #endif
 
 static inline __attribute__((always_inline)) __m256i mpq2s_codes8(__m256i q, int s) {
@@ -228,11 +231,28 @@ static inline __attribute__((always_inline)) void mpq2s_x16_half(int nb, float *
                 __m256i cs[4];
                 for (int k = 0; k < 4; ++k) cs[k] = mpq2s_codes8(q, k);
                 for (int c = 0; c < nc; ++c) {
+                    const int8_t * a = y[c].q[4*ib + h].qs + (w & 1)*16;
                     __m256i t = _mm256_set1_epi32(y[c].ahi[8*ib + w]);
-                    for (int k = 0; k < 4; ++k) {
-                        int32_t a4;
-                        memcpy(&a4, y[c].q[4*ib + h].qs + (w & 1)*16 + 4*k, sizeof(a4));
-                        t = MPQ2S_DOT8(t, cs[k], _mm256_set1_epi32(a4));
+                    if (!MPQ2S_HAS_VNNI8 && nc == 1) {
+                        // one column without VNNI: the four vpmaddubsw add up in int16 (codes 0..3:
+                        // |sum| <= 4*762), then one vpmaddwd by ones instead of four: 45 against 49 us
+                        // (best of 3) in bench/bench_mpq2s_x16.c's AVX2 build; the same with two
+                        // columns was slower (GCC 12, -O2), so they keep the four
+                        __m256i b[4];
+                        for (int k = 0; k < 4; ++k) {
+                            int32_t a4;
+                            memcpy(&a4, a + 4*k, sizeof(a4));
+                            b[k] = _mm256_set1_epi32(a4);
+                        }
+                        const __m256i p = _mm256_add_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(cs[0], b[0]), _mm256_maddubs_epi16(cs[1], b[1])),
+                                                           _mm256_add_epi16(_mm256_maddubs_epi16(cs[2], b[2]), _mm256_maddubs_epi16(cs[3], b[3])));
+                        t = _mm256_add_epi32(t, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+                    } else {
+                        for (int k = 0; k < 4; ++k) {
+                            int32_t a4;
+                            memcpy(&a4, a + 4*k, sizeof(a4));
+                            t = MPQ2S_DOT8(t, cs[k], _mm256_set1_epi32(a4));
+                        }
                     }
                     u[c] = _mm256_add_epi32(u[c], _mm256_madd_epi16(_mm256_xor_si256(t, _mm256_set1_epi32(0x8000)), pair));
                 }

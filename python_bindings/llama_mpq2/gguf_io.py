@@ -12,6 +12,7 @@ import numpy as np
 
 MPQ2_TYPE_ID = 96
 MPQ2_TYPE_IDS = {96: "mpq2", 97: "mpq2r"}   # MPQ2 and MPQ2R: the same blocks (docs/FORMAT.md)
+MPQ2S_TYPE_ID = 99                          # the 2.25-bit tier (docs/FORMAT.md "MPQ2S")
 
 
 def _reader(path: str | os.PathLike):
@@ -67,8 +68,8 @@ def read_tensor_bytes(path: str | os.PathLike, name: str) -> tuple[np.ndarray, T
 
 
 def read_tensor(path: str | os.PathLike, name: str) -> np.ndarray:
-    """A tensor dequantized to float32 in numpy order. MPQ2 and MPQ2R go through the patched
-    ggml's dequantize_row_mpq2 / _mpq2r; other types through gguf.quants."""
+    """A tensor dequantized to float32 in numpy order. MPQ2, MPQ2R and MPQ2S go through the patched
+    ggml's dequantize_row_mpq2 / _mpq2r / _mpq2s; other types through gguf.quants."""
     raw, info = read_tensor_bytes(path, name)
     if info.type_id in MPQ2_TYPE_IDS:
         from mpq2.codec import find_invalid_block
@@ -79,6 +80,9 @@ def read_tensor(path: str | os.PathLike, name: str) -> np.ndarray:
             raise ValueError(f"{path}: tensor {name!r} is damaged: {bad[1]} at block {bad[0]} "
                              f"(byte offset {bad[0] * 20} in the tensor's data)")
         return ggml.dequantize(raw, qtype=MPQ2_TYPE_IDS[info.type_id]).reshape(info.shape)
+    if info.type_id == MPQ2S_TYPE_ID:        # every bit pattern is a valid MPQ2S block
+        from . import ggml
+        return ggml.dequantize(raw, qtype="mpq2s").reshape(info.shape)
     import gguf
     try:
         import mpq2.codec  # noqa: F401  (registers MPQ2 with gguf.quants, for completeness)
