@@ -170,6 +170,19 @@ static block_q8_0 * make_q8_0(int64_t n, uint32_t seed) {
     return y;
 }
 
+// Exact dot of n float weights with Q8_0 activations in float64, and the sum of |terms| (the
+// scale the kernels' rounding error is measured against).
+static double ref_dot(const float * w, const block_q8_0 * a, int64_t n, double * mag) {
+    double ref = 0.0;
+    *mag = 0.0;
+    for (int64_t j = 0; j < n; ++j) {
+        const double t = (double) w[j] * ((double) ref_fp16_to_fp32(a[j / QK8_0].d) * a[j / QK8_0].qs[j % QK8_0]);
+        ref += t;
+        *mag += std::fabs(t);
+    }
+    return ref;
+}
+
 // One row of nb blocks at `row` (exactly nb*20 bytes, heap): decode and, if valid, dot.
 static void check_row(const uint8_t * row, int64_t nb, bool valid, uint32_t seed) {
     const int64_t n = nb * QK_MPQ2;
@@ -193,12 +206,8 @@ static void check_row(const uint8_t * row, int64_t nb, bool valid, uint32_t seed
     free(yr);
     if (valid && n > 0) {
         block_q8_0 * a = make_q8_0(n, seed);
-        double ref = 0.0, mag = 0.0;
-        for (int64_t j = 0; j < n; ++j) {
-            const double t = (double) y[j] * ((double) ref_fp16_to_fp32(a[j / QK8_0].d) * a[j / QK8_0].qs[j % QK8_0]);
-            ref += t;
-            mag += std::fabs(t);
-        }
+        double mag;
+        const double ref = ref_dot(y, a, n, &mag);
         float s_generic = NAN, s_kernel = NAN;
         ggml_vec_dot_mpq2_q8_0_generic((int) n, &s_generic, 0, row, 0, a, 0, 1);
         ggml_vec_dot_mpq2_q8_0((int) n, &s_kernel, 0, row, 0, a, 0, 1);
@@ -289,12 +298,8 @@ static void check_x16(const uint8_t * blocks, int64_t total, uint32_t seed) {
             // The SIMD x16 kernels' error must be relative to the row's true terms, as the
             // row-wise kernels' (they once were not: tests/fuzz/corpus/
             // regress-raw-x16-int8-word-huge-scale, docs/ROBUSTNESS.md).
-            double ref = 0.0, mag = 0.0;
-            for (int64_t j = 0; j < n; ++j) {
-                const double t = (double) w[j] * ((double) ref_fp16_to_fp32(cols[c][j / QK8_0].d) * cols[c][j / QK8_0].qs[j % QK8_0]);
-                ref += t;
-                mag += std::fabs(t);
-            }
+            double mag;
+            const double ref = ref_dot(w.data(), cols[c], n, &mag);
             FUZZ_CHECK(std::fabs(got[i] - ref) <= 1e-5 * mag + 1e-30, "%s x16 row %d col %d of %d = %.9g, reference %.9g "
                        "(sum|t| %.3g, n %lld)", ggml_mpq2x16_impl(), r, c, ncols, got[i], ref, mag, (long long) n);
         }
@@ -339,12 +344,8 @@ static void check_row_s(const uint8_t * row, int64_t nb, uint32_t seed) {
         FUZZ_CHECK(std::isfinite(y[j]), "mpq2s block %lld decodes to %a", (long long) (j / QK_MPQ2S), y[j]);
     }
     block_q8_0 * a = make_q8_0(n, seed);
-    double ref = 0.0, mag = 0.0;
-    for (int64_t j = 0; j < n; ++j) {
-        const double v = (double) t[j] * ((double) ref_fp16_to_fp32(a[j / QK8_0].d) * a[j / QK8_0].qs[j % QK8_0]);
-        ref += v;
-        mag += std::fabs(v);
-    }
+    double mag;
+    const double ref = ref_dot(t.data(), a, n, &mag);
     float s_generic = NAN, s_kernel = NAN;
     ggml_vec_dot_mpq2s_q8_0_generic((int) n, &s_generic, 0, row, 0, a, 0, 1);
     ggml_vec_dot_mpq2s_q8_0((int) n, &s_kernel, 0, row, 0, a, 0, 1);
@@ -389,12 +390,8 @@ static void check_x16_s(const uint8_t * blocks, int64_t total, uint32_t seed) {
             const int i = c * 16 + r;
             FUZZ_CHECK(same_float(one, gen[i]), "mpq2s x16 generic row %d col %d = %a, vec_dot generic %a (n %lld)",
                        r, c, gen[i], one, (long long) n);
-            double ref = 0.0, mag = 0.0;
-            for (int64_t j = 0; j < n; ++j) {
-                const double v = (double) t[j] * ((double) ref_fp16_to_fp32(cols[c][j / QK8_0].d) * cols[c][j / QK8_0].qs[j % QK8_0]);
-                ref += v;
-                mag += std::fabs(v);
-            }
+            double mag;
+            const double ref = ref_dot(t.data(), cols[c], n, &mag);
             FUZZ_CHECK(std::fabs(got[i] - ref) <= 1e-5 * mag + 1e-30, "mpq2s %s x16 row %d col %d of %d = %.9g, reference %.9g "
                        "(sum|t| %.3g, n %lld)", ggml_mpq2sx16_impl(), r, c, ncols, got[i], ref, mag, (long long) n);
         }
